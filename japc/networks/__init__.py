@@ -1,0 +1,1 @@
+"""Encoders, prototype heads, rater prototype calibration and losses."""

@@ -1,0 +1,1 @@
+"""Datalists, importers, training, evaluation, inference and reports."""

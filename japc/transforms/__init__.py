@@ -1,0 +1,1 @@
+"""MONAI dictionary transforms for multi-rater cases, preprocessing and self-supervised episodes."""
