@@ -6,7 +6,7 @@ the command line can print it without a traceback.
 
 from __future__ import annotations
 
-__all__ = ["JapcError", "DatalistError", "InputImageError", "ConfigError", "CheckpointError"]
+__all__ = ["JapcError", "DatalistError", "InputImageError", "ConfigError", "CheckpointError", "find_japc_error"]
 
 
 class JapcError(Exception):
@@ -27,3 +27,19 @@ class ConfigError(JapcError, ValueError):
 
 class CheckpointError(JapcError, RuntimeError):
     """Missing, corrupt or incompatible checkpoint file."""
+
+
+def find_japc_error(error: BaseException) -> JapcError | None:
+    """Return the :class:`JapcError` that caused ``error``, if any.
+
+    MONAI's ``Compose`` re-raises a failing transform's exception as ``RuntimeError`` with the
+    original as its cause, so the command line walks the chain to print the original message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, JapcError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,62 @@
+"""Atomic file output: write to a temporary name in the target folder, then rename.
+
+An interrupted run leaves either the previous file or the complete new one, never a
+truncated file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from japc.errors import JapcError
+
+__all__ = ["atomic_path", "atomic_write_text", "ensure_writable_folder"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds.
+
+    The temporary name keeps the file's suffixes (``.nii.gz``, ``.csv``), so writers that choose
+    a format from the extension still work. On error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name.removesuffix(suffix)}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def ensure_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written there.
+
+    Raises:
+        JapcError: the folder cannot be created or written, with the path and the reason.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".japc-write-check-"):
+            pass
+    except OSError as error:
+        raise JapcError(
+            f"Output folder {folder} cannot be written ({error.strerror or error}). "
+            "Choose another folder with --output or fix its permissions."
+        ) from error
+    return folder

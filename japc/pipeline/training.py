@@ -1,0 +1,331 @@
+"""Self-supervised episodic training with the two-stage schedule.
+
+Stage 1 trains the base prototype network on superpixel pseudo-labels with one rater and no
+calibration. Stage 2 starts from the stage-1 weights with a freshly initialised calibration
+module, pseudo-style raters and a fresh optimiser. A run whose calibration mode is ``none`` is
+the base network: it trains all iterations as stage 1.
+
+Every episode is a pure function of (run seed, step index), so data-loader workers draw
+distinct episodes and a resumed run sees exactly the episodes it would have seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from japc.errors import DatalistError, JapcError
+from japc.networks.factory import build_segmenter
+from japc.networks.losses import LossTerms, rater_cross_entropy
+from japc.networks.segmenter import FewShotSegmenter
+from japc.pipeline.checkpoints import read_checkpoint, save_checkpoint
+from japc.pipeline.config import RunConfig
+from japc.pipeline.datalist import load_datalist
+from japc.pipeline.preprocessing import cached_training_dataset
+from japc.transforms.episodes import episode_transform, make_episode
+
+__all__ = ["Stage", "EpisodeDataset", "training_step", "EpisodicTrainer", "train"]
+
+logger = logging.getLogger(__name__)
+
+EPISODE_KEYS = ("support_image", "support_masks", "query_image", "query_masks")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule: episodes ``[start, stop)`` with its rater and calibration settings."""
+
+    index: int
+    start: int
+    stop: int
+    num_raters: int
+    pseudo_styles: bool
+    calibration: bool
+
+
+def plan_stages(config: RunConfig) -> list[Stage]:
+    """Split the iteration budget into the stages the configuration asks for."""
+    training = config.training
+    if config.model.calibration == "none":
+        return [Stage(1, 0, training.iterations, 1, False, False)]
+    stages = []
+    if training.stage1_iterations > 0:
+        stages.append(Stage(1, 0, training.stage1_iterations, 1, False, False))
+    if training.stage1_iterations < training.iterations:
+        stages.append(
+            Stage(2, training.stage1_iterations, training.iterations, training.num_raters, training.pseudo_styles, True)
+        )
+    return stages
+
+
+class EpisodeDataset(Dataset):
+    """Episodes drawn from preprocessed training volumes; item ``i`` is the episode of step ``i``.
+
+    A volume is drawn with probability proportional to its number of slices that hold a
+    superpixel, so every such slice is equally likely over the data set.
+
+    Args:
+        volumes: preprocessed volumes with ``image`` ``[1, h, w, D]`` and ``superpixels``.
+        num_raters: raters per episode.
+        pseudo_styles: draw pseudo-styles for raters 1..R-1 (else every rater gets the mask).
+        seed: run seed.
+    """
+
+    def __init__(self, volumes: list[dict[str, Any]], num_raters: int, pseudo_styles: bool, seed: int) -> None:
+        self.volumes = volumes
+        self.seed = seed
+        self.transform = episode_transform(num_raters=num_raters, pseudo_styles=pseudo_styles)
+        counts = np.array([int((v["superpixels"] > 0).flatten(0, -2).any(dim=0).sum()) for v in volumes], float)
+        if counts.sum() == 0:
+            raise DatalistError(
+                "No training slice holds a superpixel, so no episode can be drawn. Check the intensity "
+                "normalisation and preprocessing.body_mask_threshold (a threshold above every intensity "
+                "gives empty body masks)."
+            )
+        self.probabilities = counts / counts.sum()
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, int(step)])
+        volume = self.volumes[int(rng.choice(len(self.volumes), p=self.probabilities))]
+        episode = make_episode(volume, self.transform, seed=int(rng.integers(2**31 - 1)))
+        item = {key: episode[key] for key in EPISODE_KEYS}
+        item["step"] = int(step)
+        item["case"] = str(volume.get("case", ""))
+        item["slice_index"] = int(episode.get("slice_index", -1))
+        return item
+
+
+def training_step(
+    model: FewShotSegmenter, episode: dict[str, Any], class_weights: tuple[float, float] | None
+) -> LossTerms:
+    """Run one episode forward and return its loss terms.
+
+    Args:
+        model: segmenter in training mode.
+        episode: ``support_image`` ``[1, H, W]``, ``support_masks`` ``[R, H, W]``,
+            ``query_image`` ``[1, H, W]``, ``query_masks`` ``[R, H, W]`` (one episode, no batch axis).
+        class_weights: background and foreground weights of the query cross-entropy.
+    """
+    support_images = episode["support_image"].unsqueeze(0).float()
+    support_masks = episode["support_masks"].unsqueeze(0).float()
+    query_images = episode["query_image"].unsqueeze(0).float()
+    query_masks = episode["query_masks"].unsqueeze(0).float()
+    output = model.run_episode(support_images, support_masks, query_images)
+    segmentation = rater_cross_entropy(output.logits, query_masks, class_weights)
+    alignment = model.alignment_loss(output, support_masks)
+    return LossTerms(segmentation, alignment, output.calibration_loss)
+
+
+class EpisodicTrainer:
+    """Train a segmenter as a configuration describes, with checkpoints and resume.
+
+    Files under ``config.output_dir``: ``checkpoints/latest.pt`` (written every
+    ``checkpoint_every`` steps and at the end of each stage), ``checkpoints/stage1.pt``,
+    ``checkpoints/final.pt``, ``training_log.csv`` (mean losses every ``log_every`` steps),
+    ``config.json`` and ``cache/`` (preprocessed volumes).
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.stages = plan_stages(config)
+        torch.manual_seed(config.training.seed)
+        self.model = build_segmenter(config.model)
+        self.volumes: list[dict[str, Any]] | None = None
+
+    def load_volumes(self) -> list[dict[str, Any]]:
+        """Preprocess (or read from the cache) every training volume."""
+        data = self.config.data
+        datalist = load_datalist(data.datalist)
+        cases = datalist.cases(data.split)
+        dataset = cached_training_dataset(self.config.preprocessing, datalist, cases, self.output_dir / "cache")
+        volumes = [dataset[i] for i in tqdm(range(len(dataset)), desc="preprocessing", unit="volume")]
+        excluded = [datalist.classes[name] for name in data.exclude_classes if name in datalist.classes]
+        missing = [name for name in data.exclude_classes if name not in datalist.classes]
+        if missing:
+            raise DatalistError(
+                f"data.exclude_classes names {missing}, which are not classes of {datalist.path}; "
+                f"valid classes are {sorted(datalist.classes)}."
+            )
+        if excluded:
+            volumes = [exclude_slices_with_classes(volume, excluded) for volume in volumes]
+        logger.info("Loaded %d training volumes from split %r of %s", len(volumes), data.split, datalist.path)
+        return volumes
+
+    def _optimizer(self, stage: Stage) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        training = self.config.training
+        parameters = [
+            p
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and (stage.calibration or not name.startswith("calibration."))
+        ]
+        optimizer = torch.optim.SGD(
+            parameters, lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=training.lr_step, gamma=training.lr_gamma)
+        return optimizer, scheduler
+
+    def _start_stage(self, stage: Stage) -> None:
+        self.model.calibration_enabled = stage.calibration
+        if stage.index == 2:
+            # Stage 2 starts with newly initialised calibration weights, from a seed of its own.
+            generator_state = torch.get_rng_state()
+            torch.manual_seed(self.config.training.seed + 1)
+            for module in self.model.calibration.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            if hasattr(self.model.calibration, "value"):
+                torch.nn.init.zeros_(self.model.calibration.value.weight)
+            torch.set_rng_state(generator_state)
+
+    def _state(self, step: int, stage: Stage, optimizer, scheduler) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "stage": stage.index,
+            "calibration_enabled": self.model.calibration_enabled,
+            "config": self.config.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def run(self, resume: bool = False) -> Path:
+        """Train all stages (or the rest of them when resuming); returns the final checkpoint path."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.volumes = self.load_volumes()
+        step, stage_index, resumed_state = 0, self.stages[0].index, None
+        latest = self.checkpoint_dir / "latest.pt"
+        if resume:
+            if not latest.is_file():
+                raise JapcError(f"Cannot resume: no checkpoint at {latest}. Start the run without --resume.")
+            resumed_state = read_checkpoint(latest)
+            step, stage_index = int(resumed_state["step"]), int(resumed_state["stage"])
+            self.model.load_state_dict(resumed_state["model"])
+            torch.set_rng_state(resumed_state["torch_rng"])
+            logger.info("Resuming from %s at step %d (stage %d)", latest, step, stage_index)
+
+        log_path = self.output_dir / "training_log.csv"
+        final = self.checkpoint_dir / "final.pt"
+        state = resumed_state
+        for stage in self.stages:
+            if step >= stage.stop:
+                continue
+            if resumed_state is not None and stage.index == stage_index:
+                self.model.calibration_enabled = stage.calibration
+                optimizer, scheduler = self._optimizer(stage)
+                optimizer.load_state_dict(resumed_state["optimizer"])
+                scheduler.load_state_dict(resumed_state["scheduler"])
+            else:
+                self._start_stage(stage)
+                optimizer, scheduler = self._optimizer(stage)
+            step = self._run_stage(stage, max(step, stage.start), optimizer, scheduler, log_path)
+            state = self._state(step, stage, optimizer, scheduler)
+            if stage.index == 1 and len(self.stages) > 1:
+                save_checkpoint(state, self.checkpoint_dir / "stage1.pt")
+        if state is None:
+            raise JapcError(f"Nothing to train: the configuration plans no stage for {self.config.training.iterations} iterations.")
+        save_checkpoint(state, final)
+        logger.info("Training finished after %d steps; final checkpoint %s", step, final)
+        return final
+
+    def _run_stage(self, stage: Stage, start: int, optimizer, scheduler, log_path: Path) -> int:
+        training = self.config.training
+        self.model.train()
+        dataset = EpisodeDataset(self.volumes, stage.num_raters, stage.pseudo_styles, training.seed)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=range(start, stage.stop),
+            num_workers=training.num_workers,
+            persistent_workers=False,
+        )
+        weights = tuple(training.class_weights)
+        sums: dict[str, float] = {}
+        count = 0
+        started = time.perf_counter()
+        progress = tqdm(loader, total=stage.stop - start, desc=f"stage {stage.index}", unit="episode")
+        step = start
+        for episode in progress:
+            terms = training_step(self.model, episode, weights)
+            total = terms.total
+            if not torch.isfinite(total):
+                raise JapcError(
+                    f"The training loss became {float(total)} at step {step} (case {episode['case']}, slice "
+                    f"{episode['slice_index']}); training stopped. The last good checkpoint is "
+                    f"{self.checkpoint_dir / 'latest.pt'}. Lower training.learning_rate or check the intensity "
+                    "normalisation of the training images."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            values = terms.as_floats()
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+            if step % training.log_every == 0 or step == stage.stop:
+                means = {key: value / count for key, value in sums.items()}
+                self._log(log_path, step, stage.index, scheduler.get_last_lr()[0], means, time.perf_counter() - started)
+                progress.set_postfix(loss=f"{means['loss']:.4f}")
+                sums, count = {}, 0
+            if step % training.checkpoint_every == 0 or step == stage.stop:
+                save_checkpoint(self._state(step, stage, optimizer, scheduler), self.checkpoint_dir / "latest.pt")
+        progress.close()
+        return step
+
+    @staticmethod
+    def _log(path: Path, step: int, stage: int, lr: float, means: dict[str, float], elapsed: float) -> None:
+        logger.info(
+            "step %d stage %d lr %.2e loss %.4f (segmentation %.4f, alignment %.4f, calibration %.6f)",
+            step, stage, lr, means["loss"], means["segmentation"], means["alignment"], means["calibration"],
+        )
+        new_file = not path.exists()
+        with path.open("a", newline="") as stream:
+            writer = csv.writer(stream)
+            if new_file:
+                writer.writerow(["step", "stage", "lr", "loss", "segmentation", "alignment", "calibration", "seconds"])
+            writer.writerow(
+                [step, stage, f"{lr:.6g}"]
+                + [f"{means[k]:.6f}" for k in ("loss", "segmentation", "alignment", "calibration")]
+                + [f"{elapsed:.1f}"]
+            )
+
+
+def exclude_slices_with_classes(volume: dict[str, Any], class_values: list[int]) -> dict[str, Any]:
+    """Remove the superpixels of every slice where any rater labels one of ``class_values``.
+
+    Such slices can then never be drawn for an episode (setting 2 of the evaluation protocol).
+    """
+    label = volume["label"]
+    hit = torch.zeros(label.shape[-1], dtype=torch.bool)
+    for value in class_values:
+        hit |= (label == value).flatten(0, -2).any(dim=0)
+    superpixels = volume["superpixels"].clone()
+    superpixels[..., hit] = 0
+    return dict(volume, superpixels=superpixels, excluded_slices=int(hit.sum()))
+
+
+def train(config: RunConfig, resume: bool = False) -> Path:
+    """Train with :class:`EpisodicTrainer`; returns the final checkpoint path."""
+    started = time.perf_counter()
+    path = EpisodicTrainer(config).run(resume=resume)
+    logger.info("Training took %.1f s", time.perf_counter() - started)
+    return path
