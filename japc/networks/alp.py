@@ -21,28 +21,41 @@ __all__ = [
     "prototype_scores",
     "combine_prototype_scores",
     "resize_masks",
+    "MASK_RESIZE_MODES",
 ]
 
-#: Logit given to a class whose support mask is empty, so that it is never predicted.
-#: A finite value keeps softmax and cross-entropy free of NaN.
-EMPTY_CLASS_LOGIT = -1.0e4
+#: Logit given to a class whose support mask is empty. It lies below every scaled cosine score
+#: for scales up to 100, so the class is never predicted while the other class has prototypes,
+#: and a finite value keeps softmax and cross-entropy free of NaN.
+EMPTY_CLASS_LOGIT = -100.0
 
 #: Added to the mask sum of a masked average, as in the reference implementation.
 MASK_SUM_EPS = 1e-5
 
 
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize soft or binary masks bilinearly to the feature size.
+MASK_RESIZE_MODES = ("bilinear", "area")
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize soft or binary masks to the feature size.
+
+    ``bilinear`` is the reference implementation's choice. Downsampling by the output stride
+    then samples the mask at one point per feature pixel, so a rater outline that differs by a
+    few pixels often gives the same feature-size mask. ``area`` averages every covered pixel
+    and keeps the covered fraction, so small rater differences survive.
 
     Args:
         masks: masks ``[B, K, H, W]`` with values in [0, 1].
         size: target ``(h, w)``, usually the encoder's feature size.
+        mode: ``bilinear`` or ``area``.
 
     Returns:
         Soft masks ``[B, K, h, w]``.
     """
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
+    if mode == "area":
+        return F.interpolate(masks, size=size, mode="area")
     return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
 
 

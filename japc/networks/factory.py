@@ -38,4 +38,5 @@ def build_segmenter(config: ModelConfig, pretrained: bool = True) -> FewShotSegm
         calibration=config.calibration,
         feature_channels=config.feature_channels,
         attention_dim=config.attention_dim,
+        mask_resize=config.mask_resize,
     )

@@ -15,7 +15,14 @@ __all__ = ["PrototypeHead", "ALPNetHead"]
 
 
 class PrototypeHead(nn.Module):
-    """Interface of a prototype head."""
+    """Interface of a prototype head.
+
+    Attributes:
+        query_dependent: True when prototypes depend on the query features, so they cannot be
+            pooled once per support and reused for every query.
+    """
+
+    query_dependent = False
 
     def prototypes(
         self,

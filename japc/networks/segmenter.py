@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from japc.networks.alp import resize_masks
+from japc.errors import ConfigError
+from japc.networks.alp import MASK_RESIZE_MODES, resize_masks
 from japc.networks.calibration import build_calibration
 from japc.networks.heads import PrototypeHead
 
@@ -46,6 +47,8 @@ class FewShotSegmenter(nn.Module):
         calibration: ``attention``, ``gate`` or ``none``.
         feature_channels: C, the encoder's output channels.
         attention_dim: query/key dimension of the calibration module.
+        mask_resize: how support masks shrink to the feature size, ``bilinear`` (reference
+            implementation) or ``area`` (covered fraction, see :func:`resize_masks`).
     """
 
     def __init__(
@@ -55,8 +58,12 @@ class FewShotSegmenter(nn.Module):
         calibration: str = "attention",
         feature_channels: int = 256,
         attention_dim: int = 64,
+        mask_resize: str = "bilinear",
     ) -> None:
         super().__init__()
+        if mask_resize not in MASK_RESIZE_MODES:
+            raise ConfigError(f"Unknown mask resize mode {mask_resize!r}; valid modes are {', '.join(MASK_RESIZE_MODES)}.")
+        self.mask_resize = mask_resize
         self.encoder = encoder
         self.head = head
         self.calibration_mode = calibration
@@ -104,37 +111,65 @@ class FewShotSegmenter(nn.Module):
         Returns:
             Logits ``[Q, R, 2, H, W]`` and the calibration loss (scalar).
         """
-        num_raters = support_masks.shape[1]
-        masks = resize_masks(support_masks.to(support_features.dtype), tuple(support_features.shape[-2:]))
-        groups: list[torch.Tensor] = []
-        calibration_loss = support_features.new_zeros(())
+        groups, calibration_loss = self.rater_prototypes(support_features, support_masks, query_features)
+        return self.score(query_features, groups, image_size), calibration_loss
 
+    def rater_prototypes(
+        self,
+        support_features: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_features: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Pool and calibrate the background and foreground prototypes of every rater.
+
+        Heads whose prototypes do not depend on the query (``head.query_dependent`` is False)
+        accept ``query_features=None``, so evaluation can reuse one support's prototypes for
+        every query.
+
+        Args:
+            support_features: ``[S, C, h, w]``.
+            support_masks: ``[S, R, H, W]`` binary or soft masks.
+            query_features: ``[Q, C, h, w]`` or None.
+
+        Returns:
+            ``2 R`` prototype tensors ``[N, C]`` ordered (rater 0 background, rater 0
+            foreground, rater 1 background, ...) and the calibration loss (scalar).
+        """
+        num_raters = support_masks.shape[1]
+        masks = resize_masks(
+            support_masks.to(support_features.dtype), tuple(support_features.shape[-2:]), self.mask_resize
+        )
+        calibration_loss = support_features.new_zeros(())
         per_class = {}
         for foreground in (False, True):
             class_masks = masks if foreground else 1.0 - masks
-            rater_prototypes = [
+            prototypes = [
                 self.head.prototypes(support_features, class_masks[:, r : r + 1], foreground, query_features)
                 for r in range(num_raters)
             ]
             if self.calibration_enabled:
                 consensus = self._consensus_prototype(support_features, class_masks, foreground, query_features)
-                rater_prototypes, loss = self.calibration(rater_prototypes, consensus)
+                prototypes, loss = self.calibration(prototypes, consensus)
                 calibration_loss = calibration_loss + loss
-            per_class[foreground] = rater_prototypes
+            per_class[foreground] = prototypes
 
+        groups: list[torch.Tensor] = []
         for r in range(num_raters):
             groups.extend([per_class[False][r], per_class[True][r]])
+        return groups, calibration_loss
+
+    def score(self, query_features: torch.Tensor, groups: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Score query features ``[Q, C, h, w]`` against rater prototype groups; returns ``[Q, R, 2, H, W]``."""
         logits = self.head.score_groups(query_features, groups)
-        num_queries, _, height, width = logits.shape
         logits = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
-        return logits.reshape(num_queries, num_raters, 2, *image_size), calibration_loss
+        return logits.reshape(logits.shape[0], len(groups) // 2, 2, *image_size)
 
     def _consensus_prototype(
         self,
         support_features: torch.Tensor,
         class_masks: torch.Tensor,
         foreground: bool,
-        query_features: torch.Tensor,
+        query_features: torch.Tensor | None,
     ) -> torch.Tensor:
         """Pool the consensus prototype ``[C]``: the mean of the prototypes of the mean mask."""
         consensus_mask = class_masks.mean(dim=1, keepdim=True)
@@ -148,8 +183,9 @@ class FewShotSegmenter(nn.Module):
 
         Prototypes pooled from the query features with the query's predicted masks segment the
         support images; the loss is the cross-entropy against the support masks, averaged over
-        the raters whose predicted foreground is not empty (a rater with an empty prediction
-        has no foreground prototype, as in the reference implementation, which skips it).
+        the raters whose predicted foreground and background are both non-empty (a rater with
+        an empty predicted class has no prototype for it; the reference implementation skips
+        such raters too).
 
         Args:
             output: the episode's forward result.
@@ -159,7 +195,8 @@ class FewShotSegmenter(nn.Module):
             Scalar loss (0 when every rater's prediction is empty).
         """
         predicted = output.logits.argmax(dim=2).to(output.query_features.dtype)
-        valid = predicted.flatten(2).sum(dim=-1).sum(dim=0) > 0
+        foreground_pixels = predicted.flatten(2).sum(dim=-1).sum(dim=0)
+        valid = (foreground_pixels > 0) & (foreground_pixels < predicted[:, 0].numel())
         if not bool(valid.any()):
             return output.logits.new_zeros(())
         support_logits, _ = self.segment_features(

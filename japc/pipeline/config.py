@@ -86,6 +86,10 @@ class ModelConfig:
         attention_dim: query/key dimension of the calibration module.
         train_window: ALP pooling window in training, in feature pixels.
         test_window: ALP pooling window at test time, in feature pixels.
+        mask_resize: how support masks shrink to the feature size: ``area`` (default; keeps the
+            covered fraction, so rater outlines that differ by a few pixels still give different
+            prototypes) or ``bilinear`` (the reference implementation's point sampling, which can
+            turn a small mask into an empty one and leave a rater without prototypes).
     """
 
     encoder: str = "resnet18"
@@ -97,6 +101,7 @@ class ModelConfig:
     attention_dim: int = 64
     train_window: int = 4
     test_window: int = 2
+    mask_resize: str = "area"
 
 
 @dataclass
@@ -107,6 +112,7 @@ class TrainingConfig:
         iterations: total number of episodes (one episode per optimiser step).
         stage1_iterations: episodes of stage 1 (base network, one rater, no calibration);
             the remaining ones are stage 2 (calibration and pseudo-styles, fresh optimiser).
+            None (default) takes half of ``iterations``, as in the paper's schedules.
             Ignored when the calibration mode is ``none`` and ``pseudo_styles`` is false: the
             base network then trains for all iterations in one stage.
         num_raters: pseudo-style raters per stage-2 episode.
@@ -124,7 +130,7 @@ class TrainingConfig:
     """
 
     iterations: int = 2000
-    stage1_iterations: int = 1000
+    stage1_iterations: int | None = None
     num_raters: int = 3
     pseudo_styles: bool = True
     learning_rate: float = 1e-3
@@ -152,6 +158,12 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as plain Python types (JSON-serialisable)."""
         return dataclasses.asdict(self)
+
+    @property
+    def stage1_stop(self) -> int:
+        """Episode index at which stage 2 starts."""
+        stage1 = self.training.stage1_iterations
+        return self.training.iterations // 2 if stage1 is None else stage1
 
 
 _SECTIONS = {
@@ -234,7 +246,7 @@ def _validate(config: RunConfig, source: str) -> None:
     training = config.training
     if training.iterations < 1:
         raise ConfigError(f"training.iterations must be at least 1 in {source}, got {training.iterations}.")
-    if not 0 <= training.stage1_iterations <= training.iterations:
+    if not 0 <= config.stage1_stop <= training.iterations:
         raise ConfigError(
             f"training.stage1_iterations must lie in [0, iterations={training.iterations}] in {source}, "
             f"got {training.stage1_iterations}."

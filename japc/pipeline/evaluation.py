@@ -30,7 +30,8 @@ from japc.pipeline.datalist import MultiRaterDatalist, load_datalist
 from japc.pipeline.files import atomic_path, atomic_write_text, ensure_writable_folder
 from japc.pipeline.metrics import dice_from_counts, overlap_counts, summarize_dice
 from japc.pipeline.preprocessing import case_preprocessing
-from japc.pipeline.protocol import assign_chunks, slices_with_class, support_slice_indices
+from japc.pipeline.protocol import assign_chunks, slices_with_class
+from japc.pipeline.support import SupportSet, encode_slices, encode_support
 
 __all__ = ["EvaluationSettings", "PreparedCase", "evaluate", "format_summary"]
 
@@ -99,42 +100,25 @@ def _resolve_supports(settings: EvaluationSettings, cases: list[PreparedCase], s
     return requested
 
 
-@torch.inference_mode()
-def _encode(model: FewShotSegmenter, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Encode slices ``[N, 1, h, w]`` in batches; returns ``[N, C, h', w']``."""
-    return torch.cat([model.encode(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
-
-
-@dataclass
-class _SupportSet:
-    features: list[torch.Tensor]
-    masks: list[torch.Tensor]
-    slices: list[list[int]]
-
-
 def _support_sets(
     model: FewShotSegmenter, case: PreparedCase, classes: dict[str, int], settings: EvaluationSettings
-) -> dict[str, _SupportSet]:
+) -> dict[str, SupportSet]:
     sets = {}
     for name, value in classes.items():
-        masks = case.label == value
-        chunks = support_slice_indices(slices_with_class(masks), settings.num_chunks, settings.shots)
-        if not chunks[0]:
+        support = encode_support(
+            model, case.image, case.label == value, settings.num_chunks, settings.shots, settings.batch_size
+        )
+        if support is None:
             logger.warning("Support case %s does not contain class %r; it is skipped as support for it", case.case, name)
             continue
-        features, chunk_masks = [], []
-        for indices in chunks:
-            images = case.image[..., indices].permute(3, 0, 1, 2)
-            features.append(_encode(model, images, settings.batch_size))
-            chunk_masks.append(masks[..., indices].permute(3, 0, 1, 2).float())
-        sets[name] = _SupportSet(features, chunk_masks, chunks)
+        sets[name] = support
     return sets
 
 
 @torch.inference_mode()
 def _predict(
     model: FewShotSegmenter,
-    support: _SupportSet,
+    support: SupportSet,
     query_features: dict[int, torch.Tensor],
     chunk_of_slice: dict[int, int],
     image_size: tuple[int, int],
@@ -143,12 +127,12 @@ def _predict(
 ) -> torch.Tensor:
     """Return binary predictions ``[R, h, w, D]`` (zero outside the assigned slices)."""
     prediction = torch.zeros((num_raters, *image_size, depth), dtype=torch.bool)
-    for chunk in range(len(support.features)):
+    for chunk in range(support.num_chunks):
         slices = [z for z, c in chunk_of_slice.items() if c == chunk]
         if not slices:
             continue
         features = torch.stack([query_features[z] for z in slices])
-        logits, _ = model.segment_features(support.features[chunk], support.masks[chunk], features, image_size)
+        logits = support.logits(model, chunk, features, image_size)
         prediction[..., slices] = (logits.argmax(dim=2) == 1).permute(1, 2, 3, 0)
     return prediction
 
@@ -226,7 +210,7 @@ def _select_classes(datalist: MultiRaterDatalist, names: list[str] | None) -> di
 def _evaluate_query(
     model: FewShotSegmenter,
     query: PreparedCase,
-    support_sets: dict[str, dict[str, _SupportSet]],
+    support_sets: dict[str, dict[str, SupportSet]],
     classes: dict[str, int],
     raters: list[str],
     settings: EvaluationSettings,
@@ -246,7 +230,7 @@ def _evaluate_query(
             ranges[name] = (0, depth - 1)
     needed = sorted({z for first, last in ranges.values() for z in range(first, last + 1)})
     if needed:
-        features = _encode(model, query.image[..., needed].permute(3, 0, 1, 2), settings.batch_size)
+        features = encode_slices(model, query.image[..., needed].permute(3, 0, 1, 2), settings.batch_size)
         query.features = dict(zip(needed, features))
 
     rows = []

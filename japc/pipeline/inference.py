@@ -18,7 +18,6 @@ segmentation to known slices.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +34,15 @@ from japc.pipeline.config import RunConfig
 from japc.pipeline.datalist import MultiRaterDatalist, check_case
 from japc.pipeline.files import atomic_path, ensure_writable_folder
 from japc.pipeline.preprocessing import case_preprocessing, spatial_transforms
-from japc.pipeline.protocol import assign_chunks, slices_with_class, support_slice_indices
+from japc.pipeline.protocol import assign_chunks
+from japc.pipeline.support import SupportSet, encode_support
 from japc.transforms.intensity import intensity_transforms
 
-__all__ = ["Support", "prepare_support", "segment_query", "run_inference", "find_query_files"]
+__all__ = ["prepare_support", "segment_query", "run_inference", "find_query_files"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png")
-
-
-@dataclass
-class Support:
-    """Encoded support slices of one class: per chunk, features ``[K, C, h', w']`` and masks ``[K, R, h, w]``."""
-
-    features: list[torch.Tensor]
-    masks: list[torch.Tensor]
-    raters: list[str]
-    slices: list[list[int]]
 
 
 def _support_case(image: Path, masks: list[Path], raters: list[str], label_value: int) -> tuple[dict, MultiRaterDatalist]:
@@ -77,7 +67,8 @@ def prepare_support(
     raters: list[str] | None = None,
     label_value: int | None = None,
     num_chunks: int = 3,
-) -> Support:
+    batch_size: int = 16,
+) -> tuple[SupportSet, list[str]]:
     """Load, check and encode the support image and its R rater masks.
 
     Args:
@@ -89,6 +80,10 @@ def prepare_support(
         label_value: label value of the class in the masks; None treats every non-zero value
             as foreground.
         num_chunks: support slices taken from the class range.
+        batch_size: slices per encoder batch.
+
+    Returns:
+        The encoded support and the rater ids.
 
     Raises:
         InputImageError: unreadable files, geometry mismatch, or a class absent from every mask.
@@ -102,22 +97,17 @@ def prepare_support(
     data = case_preprocessing(config.preprocessing)(loaded)
     label = torch.as_tensor(data["label"])
     binary = label > 0 if label_value is None else label == label_value
-    chunks = support_slice_indices(slices_with_class(binary), num_chunks)
-    if not chunks[0]:
+    support = encode_support(model, torch.as_tensor(data["image"]), binary, num_chunks, batch_size=batch_size)
+    if support is None:
         value = "any non-zero value" if label_value is None else f"value {label_value}"
         raise InputImageError(
             f"No support mask marks the class ({value}) in {[m.name for m in mask_paths]}; "
             "check --label-value or give masks that contain the structure."
         )
-    features, chunk_masks = [], []
-    for indices in chunks:
-        slices = torch.as_tensor(data["image"])[..., indices].permute(3, 0, 1, 2).float()
-        features.append(model.encode(slices))
-        chunk_masks.append(binary[..., indices].permute(3, 0, 1, 2).float())
     empty = [raters[r] for r in range(len(raters)) if not bool(binary[r].any())]
     if empty:
         logger.warning("Support masks of rater(s) %s are empty for the class; their predictions will be empty", empty)
-    return Support(features, chunk_masks, raters, chunks)
+    return support, raters
 
 
 def load_query(path: str | Path) -> tuple[MetaTensor, bool]:
@@ -132,7 +122,7 @@ def load_query(path: str | Path) -> tuple[MetaTensor, bool]:
 def segment_query(
     model: FewShotSegmenter,
     config: RunConfig,
-    support: Support,
+    support: SupportSet,
     image: MetaTensor,
     query_range: tuple[int, int] | None = None,
     batch_size: int = 16,
@@ -160,15 +150,15 @@ def segment_query(
     if not 0 <= first <= last < depth:
         raise InputImageError(f"Query slice range {query_range} lies outside the volume's {depth} slices.")
     size = tuple(prepared.shape[1:3])
-    probabilities = torch.zeros((len(support.raters), *size, depth), dtype=torch.float32)
-    chunk_of_slice = assign_chunks(first, last, len(support.features))
-    for chunk in range(len(support.features)):
+    num_raters = support.masks[0].shape[1]
+    probabilities = torch.zeros((num_raters, *size, depth), dtype=torch.float32)
+    chunk_of_slice = assign_chunks(first, last, support.num_chunks)
+    for chunk in range(support.num_chunks):
         slices = [z for z, c in chunk_of_slice.items() if c == chunk]
         for start in range(0, len(slices), batch_size):
             batch = slices[start : start + batch_size]
             images = prepared.as_tensor()[..., batch].permute(3, 0, 1, 2).float()
-            features = model.encode(images)
-            logits, _ = model.segment_features(support.features[chunk], support.masks[chunk], features, size)
+            logits = support.logits(model, chunk, model.encode(images), size)
             probabilities[..., batch] = torch.softmax(logits, dim=2)[:, :, 1].permute(1, 2, 3, 0)
     result = MetaTensor(probabilities, meta=dict(prepared.meta), applied_operations=list(prepared.applied_operations))
     return spatial.inverse({"image": result})["image"]
@@ -236,13 +226,13 @@ def run_inference(
     """
     output_dir = ensure_writable_folder(output_dir)
     model, config, _ = load_model(checkpoint)
-    support = prepare_support(model, config, support_image, support_masks, raters, label_value)
+    support, raters = prepare_support(model, config, support_image, support_masks, raters, label_value, batch_size=batch_size)
     query_files = find_query_files(queries)
     records = []
     for query_path in tqdm(query_files, desc="inference", unit="query"):
         image, was_2d = load_query(query_path)
         probabilities = segment_query(model, config, support, image, batch_size=batch_size)
-        records.append(_write_outputs(query_path, image, probabilities, support.raters, output_dir, threshold, overlays, was_2d))
+        records.append(_write_outputs(query_path, image, probabilities, raters, output_dir, threshold, overlays, was_2d))
     return records
 
 

@@ -59,12 +59,11 @@ def plan_stages(config: RunConfig) -> list[Stage]:
     if config.model.calibration == "none":
         return [Stage(1, 0, training.iterations, 1, False, False)]
     stages = []
-    if training.stage1_iterations > 0:
-        stages.append(Stage(1, 0, training.stage1_iterations, 1, False, False))
-    if training.stage1_iterations < training.iterations:
-        stages.append(
-            Stage(2, training.stage1_iterations, training.iterations, training.num_raters, training.pseudo_styles, True)
-        )
+    stop = config.stage1_stop
+    if stop > 0:
+        stages.append(Stage(1, 0, stop, 1, False, False))
+    if stop < training.iterations:
+        stages.append(Stage(2, stop, training.iterations, training.num_raters, training.pseudo_styles, True))
     return stages
 
 
@@ -294,7 +293,7 @@ class EpisodicTrainer:
     @staticmethod
     def _log(path: Path, step: int, stage: int, lr: float, means: dict[str, float], elapsed: float) -> None:
         logger.info(
-            "step %d stage %d lr %.2e loss %.4f (segmentation %.4f, alignment %.4f, calibration %.6f)",
+            "step %d stage %d lr %.2e loss %.4f (segmentation %.4f, alignment %.4f, calibration %.3e)",
             step, stage, lr, means["loss"], means["segmentation"], means["alignment"], means["calibration"],
         )
         new_file = not path.exists()
@@ -304,7 +303,7 @@ class EpisodicTrainer:
                 writer.writerow(["step", "stage", "lr", "loss", "segmentation", "alignment", "calibration", "seconds"])
             writer.writerow(
                 [step, stage, f"{lr:.6g}"]
-                + [f"{means[k]:.6f}" for k in ("loss", "segmentation", "alignment", "calibration")]
+                + [f"{means[k]:.6g}" for k in ("loss", "segmentation", "alignment", "calibration")]
                 + [f"{elapsed:.1f}"]
             )
 

@@ -1,0 +1,56 @@
+"""The japc command: exit codes and one-line messages for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from japc.cli import main
+
+
+def test_missing_checkpoint_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text("{}")
+    status = main(["evaluate", str(tmp_path / "none.pt"), "--datalist", str(datalist), "--output", str(tmp_path / "o")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert error[-1].startswith("japc evaluate: error: Checkpoint file not found")
+    assert "none.pt" in error[-1]
+    assert "Traceback" not in "\n".join(error)
+
+
+def test_bad_config_key_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("training:\n  iteratons: 5\n")
+    status = main(["train", str(config)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "iteratons" in error
+    assert "Traceback" not in error
+
+
+def test_invalid_split_argument_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import", str(tmp_path), str(tmp_path / "out"), "--split", "test=0081"])
+    assert exit_info.value.code == 2
+    assert "NAME=FIRST..LAST" in capsys.readouterr().err
+
+
+def test_corrupt_image_in_datalist_is_reported(synthetic_datalist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An error raised inside a MONAI Compose still reaches the user as japc's own message."""
+    import json
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(synthetic_datalist.parent, folder)
+    content = json.loads((folder / "datalist.json").read_text())
+    image = folder / content["training"][0]["image"]
+    image.write_bytes(image.read_bytes()[:200])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  datalist: {folder / 'datalist.json'}\noutput_dir: {tmp_path / 'run'}\n")
+    status = main(["train", str(config)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "case00" in error
+    assert "Traceback" not in error
