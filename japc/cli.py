@@ -104,6 +104,18 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlays", action="store_true", help="also write PNG overlays of a few slices")
 
 
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="compare evaluation runs: Dice tables, a per-rater bar plot and paired t-tests",
+        description="Compare folders written by japc evaluate. The first run is the baseline of one-tailed "
+        "paired t-tests over the supports the runs share.",
+    )
+    parser.add_argument("runs", type=Path, nargs="+", help="evaluation folders (first = baseline)")
+    parser.add_argument("--names", nargs="+", default=None, help="display names, one per run (default: folder names)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for report.md, report.json and the plot")
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo",
@@ -125,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_import, _add_train, _add_evaluate, _add_infer, _add_demo):
+    for add in (_add_import, _add_train, _add_evaluate, _add_infer, _add_report, _add_demo):
         add(commands)
     return parser
 
@@ -189,6 +201,14 @@ def _run_infer(args: argparse.Namespace) -> None:
     print(f"Masks written under {args.output}")
 
 
+def _run_report(args: argparse.Namespace) -> None:
+    from japc.pipeline.report import write_report
+
+    report = write_report(args.runs, args.output, args.names)
+    print(report["text"], end="")
+    print(f"Plot: {report['plot']}; report: {args.output / 'report.md'}")
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from japc.pipeline.demo import run_demo
 
@@ -199,13 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``japc`` command; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.INFO
+    if args.verbose:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {
         "import": _run_import,
         "train": _run_train,
         "evaluate": _run_evaluate,
         "infer": _run_infer,
+        "report": _run_report,
         "demo": _run_demo,
     }
     try:

@@ -1,7 +1,7 @@
 """Exceptions raised by japc for invalid user input, data, configuration or checkpoints.
 
-Every message names the file, the case and the offending value, and says what to do, so that
-the command line can print it without a traceback.
+Every message names the file, the case and the offending value, and states what to do, so
+that the command line can print it without a traceback.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Adaptive local prototype pooling (ALP) and the cosine prototype classifier of SSL-ALPNet.
 
 Facts from Ouyang et al., "Self-Supervised Learning for Few-Shot Medical Image Segmentation",
-IEEE TMI 41(7), 2022: features and masks are average-pooled with a window (4 x 4 in training,
-2 x 2 at test time); every window whose pooled mask fraction exceeds 0.95 gives a local
+IEEE TMI 41(7), 2022. Features and masks are average-pooled with a window (4 x 4 in training,
+2 x 2 at test time), and every window whose pooled mask fraction exceeds 0.95 gives a local
 prototype. The background uses local prototypes only; the foreground adds one global
 masked-average prototype. Query pixels are scored by ``20 * cos(feature, prototype)`` and the
 scores of several prototypes of one class are combined with softmax weights.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from japc.errors import ConfigError
+from japc.networks.dspnet import DSPNetHead
 from japc.networks.encoders import build_encoder
 from japc.networks.heads import ALPNetHead, PrototypeHead
 from japc.networks.segmenter import FewShotSegmenter
@@ -14,13 +15,17 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD_NAMES", "build_head", "build_segmenter"]
 
-HEAD_NAMES = ("alpnet",)
+HEAD_NAMES = ("alpnet", "dspnet")
 
 
 def build_head(config: ModelConfig) -> PrototypeHead:
     """Create the prototype head named by ``config.head``."""
     if config.head == "alpnet":
         return ALPNetHead(train_window=config.train_window, test_window=config.test_window)
+    if config.head == "dspnet":
+        return DSPNetHead(
+            channels=config.feature_channels, train_window=config.train_window, test_window=config.test_window
+        )
     raise ConfigError(f"Unknown prototype head {config.head!r}; valid heads are {', '.join(HEAD_NAMES)}.")
 
 

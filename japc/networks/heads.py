@@ -23,6 +23,7 @@ class PrototypeHead(nn.Module):
     """
 
     query_dependent = False
+    scale = 20.0
 
     def prototypes(
         self,
@@ -54,7 +55,10 @@ class PrototypeHead(nn.Module):
         Returns:
             Logits ``[Q, G, h, w]``.
         """
-        raise NotImplementedError
+        counts = [group.shape[0] for group in groups]
+        scores = prototype_scores(query_features, torch.cat(groups, dim=0), self.scale)
+        logits = [combine_prototype_scores(part) for part in torch.split(scores, counts, dim=1)]
+        return torch.stack(logits, dim=1)
 
 
 class ALPNetHead(PrototypeHead):
@@ -89,9 +93,3 @@ class ALPNetHead(PrototypeHead):
         query_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return class_prototypes(support_features, mask, self.window, self.threshold, use_global=foreground)
-
-    def score_groups(self, query_features: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
-        counts = [group.shape[0] for group in groups]
-        scores = prototype_scores(query_features, torch.cat(groups, dim=0), self.scale)
-        logits = [combine_prototype_scores(part) for part in torch.split(scores, counts, dim=1)]
-        return torch.stack(logits, dim=1)

@@ -109,8 +109,15 @@ class FewShotSegmenter(nn.Module):
             image_size: ``(H, W)`` of the returned logits.
 
         Returns:
-            Logits ``[Q, R, 2, H, W]`` and the calibration loss (scalar).
+            Logits ``[Q, R, 2, H, W]`` and the calibration loss (scalar, the mean over queries
+            when prototypes depend on the query).
         """
+        if self.head.query_dependent and query_features.shape[0] > 1:
+            results = [
+                self.segment_features(support_features, support_masks, query_features[q : q + 1], image_size)
+                for q in range(query_features.shape[0])
+            ]
+            return torch.cat([r[0] for r in results]), torch.stack([r[1] for r in results]).mean()
         groups, calibration_loss = self.rater_prototypes(support_features, support_masks, query_features)
         return self.score(query_features, groups, image_size), calibration_loss
 
@@ -182,10 +189,10 @@ class FewShotSegmenter(nn.Module):
         """Compute the PANet-style alignment loss, per rater, with calibrated prototypes.
 
         Prototypes pooled from the query features with the query's predicted masks segment the
-        support images; the loss is the cross-entropy against the support masks, averaged over
-        the raters whose predicted foreground and background are both non-empty (a rater with
-        an empty predicted class has no prototype for it; the reference implementation skips
-        such raters too).
+        support images. The loss is the cross-entropy against the support masks, averaged over
+        the raters whose predicted foreground and background are both non-empty. A rater with an
+        empty predicted class has no prototype for it, and the reference implementation skips
+        such raters too.
 
         Args:
             output: the episode's forward result.

@@ -33,17 +33,21 @@ __all__ = [
 
 @dataclass
 class DataConfig:
-    """Where the training images come from.
+    """Source of the training images.
 
     Attributes:
         datalist: multi-rater datalist JSON file.
-        split: datalist split used for self-supervised training (its labels are not used).
-        exclude_classes: class names whose slices are dropped from training (setting 2).
+        split: datalist split used for self-supervised training. Its labels are only read in
+            setting 2, to find the slices to drop.
+        test_classes: class names evaluated as unseen classes (evaluation defaults to them).
+        setting: 1 (test classes may appear unlabelled in training images) or 2 (every training
+            slice where any rater labels a test class is dropped).
     """
 
     datalist: str = ""
     split: str = "training"
-    exclude_classes: list[str] = field(default_factory=list)
+    test_classes: list[str] = field(default_factory=list)
+    setting: int = 1
 
 
 @dataclass
@@ -55,6 +59,14 @@ class PreprocessingConfig:
             ``zscore``, ``minmax``, ``none``, and the other keys are that mode's parameters.
         spatial_size: in-plane size ``[H, W]`` of the slices fed to the network, in pixels.
         orientation: axis codes the volumes are reoriented to before slicing (last axis = slices).
+        border_crop: pixels removed from each in-plane border before resizing (32 for CURVAS).
+        slice_spacing: slice thickness in mm that volumes are resampled to along the slice
+            axis (3 for CURVAS); None keeps the original slices.
+        dataset_zscore: after ``intensity``, subtract the training set's mean intensity and
+            divide by its standard deviation (computed once by ``japc train`` and stored in the
+            checkpoint's configuration).
+        dataset_mean: training-set mean used by ``dataset_zscore``.
+        dataset_std: training-set standard deviation used by ``dataset_zscore``.
         body_mask_threshold: intensity threshold of the body mask, applied after normalisation;
             None uses the whole slice.
         superpixel_min_size: Felzenszwalb ``min_size`` in pixels.
@@ -65,6 +77,11 @@ class PreprocessingConfig:
     intensity: dict[str, Any] = field(default_factory=lambda: {"mode": "zscore"})
     spatial_size: list[int] = field(default_factory=lambda: [256, 256])
     orientation: str = "RAS"
+    border_crop: int = 0
+    slice_spacing: float | None = None
+    dataset_zscore: bool = False
+    dataset_mean: float | None = None
+    dataset_std: float | None = None
     body_mask_threshold: float | None = None
     superpixel_min_size: int = 400
     superpixel_sigma: float = 1.0
@@ -258,8 +275,16 @@ def _validate(config: RunConfig, source: str) -> None:
             f"preprocessing.spatial_size must be two sizes of at least 8 pixels in {source}, "
             f"got {config.preprocessing.spatial_size}."
         )
+    if config.preprocessing.border_crop < 0:
+        raise ConfigError(f"preprocessing.border_crop must be 0 or more pixels in {source}, got {config.preprocessing.border_crop}.")
+    if config.preprocessing.slice_spacing is not None and config.preprocessing.slice_spacing <= 0:
+        raise ConfigError(f"preprocessing.slice_spacing must be positive (mm) in {source}, got {config.preprocessing.slice_spacing}.")
     if "mode" not in config.preprocessing.intensity:
         raise ConfigError(f"preprocessing.intensity needs a 'mode' key in {source}, got {config.preprocessing.intensity}.")
+    if config.data.setting not in (1, 2):
+        raise ConfigError(f"data.setting must be 1 or 2 in {source}, got {config.data.setting}.")
+    if config.data.setting == 2 and not config.data.test_classes:
+        raise ConfigError(f"data.setting 2 in {source} needs data.test_classes, the classes to keep out of training.")
     if len(training.class_weights) != 2:
         raise ConfigError(f"training.class_weights must list two weights in {source}, got {training.class_weights}.")
 

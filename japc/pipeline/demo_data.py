@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from japc.errors import DatalistError
 from japc.pipeline.datalist import write_datalist
-from japc.pipeline.importers import write_nifti_atomic
+from japc.pipeline.files import write_nifti_atomic
 
 __all__ = [
     "DemoSource",

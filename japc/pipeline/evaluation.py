@@ -4,8 +4,8 @@ Protocol (SSL-ALPNet and JAPC): one scan of the split is the support and the oth
 queries. For each class, support slices at 1/6, 1/2 and 5/6 of the support's class range
 segment the query slices of the matching third of the query's class z-range. In the oracle
 variant (the published protocol) only slices inside the query's ground-truth z-range are
-segmented and scored, which uses the ground truth to choose the slices; the no-oracle variant
-segments and scores every slice of the query. Dice is the 3D Dice per query scan and rater,
+segmented and scored, so the ground truth chooses the slices. The no-oracle variant segments
+and scores every slice of the query. Dice is the 3D Dice per query scan and rater,
 summed over the scored slices. Raters are matched by their id in the datalist. Dice is computed
 at the network's in-plane size after preprocessing, as in the reference implementations.
 """
@@ -48,7 +48,8 @@ class EvaluationSettings:
         num_chunks: chunks of the class range (3 in the published protocol).
         shots: support slices per chunk.
         oracle: score only the query's ground-truth class z-range (published protocol).
-        classes: class names to evaluate; None for all classes of the datalist.
+        classes: class names to evaluate; None for the checkpoint's ``data.test_classes``, or
+            all classes of the datalist when it lists none.
         batch_size: slices per encoder batch.
     """
 
@@ -157,7 +158,7 @@ def evaluate(
     output_dir = ensure_writable_folder(output_dir)
     model, config, _ = load_model(checkpoint)
     datalist = load_datalist(datalist_path)
-    classes = _select_classes(datalist, settings.classes)
+    classes = _select_classes(datalist, settings.classes or config.data.test_classes or None)
     cases = _prepare_cases(datalist, split, config.preprocessing)
     if len(cases) < 2:
         raise DatalistError(f"Split {split!r} of {datalist.path} has {len(cases)} case(s); evaluation needs a support and at least one query.")

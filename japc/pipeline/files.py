@@ -12,9 +12,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 from japc.errors import JapcError
 
-__all__ = ["atomic_path", "atomic_write_text", "ensure_writable_folder"]
+__all__ = ["atomic_path", "atomic_write_text", "write_nifti_atomic", "ensure_writable_folder"]
 
 
 @contextlib.contextmanager
@@ -41,6 +44,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def write_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write ``array`` as NIfTI (``.nii`` or ``.nii.gz``) with ``affine``, atomically.
+
+    Units are set to mm, and qform and sform both carry ``affine`` (code 1, scanner space).
+    """
+    path = Path(path)
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(np.asarray(array), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path) as temporary:
+        nib.save(image, temporary)
+    return path
 
 
 def ensure_writable_folder(folder: str | Path) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,12 +23,12 @@ from tqdm import tqdm
 
 from japc.errors import ConfigError, DatalistError
 from japc.pipeline.datalist import write_datalist
+from japc.pipeline.files import write_nifti_atomic
 
 __all__ = [
     "import_lidc",
     "import_qubiq",
     "detect_layout",
-    "write_nifti_atomic",
     "LIDC_LICENCE",
     "LIDC_CITATION",
 ]
@@ -57,30 +56,6 @@ _SLICE_PATTERN = re.compile(r"^slice-(\d+)\.png$")
 _MASK_PATTERN = re.compile(r"^mask-(\d+)$")
 _SEGMENTATION_PATTERN = re.compile(r"^(task\d+)_seg(\d+)\.nii(\.gz)?$")
 _QUBIQ_SPLIT_FOLDERS = {"Training": "training", "Validation": "test"}
-
-
-def write_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    """Write ``array`` as NIfTI to a temporary file in ``path``'s folder, then rename it to ``path``.
-
-    ``os.replace`` is atomic on one file system, so a reader sees either the old file or the
-    complete new one. Units are set to mm, and qform and sform both carry ``affine``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # nibabel picks the format and compression from the suffix.
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
-    try:
-        image = nib.Nifti1Image(array, affine)
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        image.header.set_xyzt_units("mm")
-        nib.save(image, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def detect_layout(source: str | os.PathLike) -> str:

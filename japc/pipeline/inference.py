@@ -10,8 +10,8 @@ orientation as the query file):
   contour drawn in its own colour.
 
 Support slices are chosen as in evaluation (1/6, 1/2, 5/6 of the support's class range). The
-query's class z-range is unknown at inference time, so by default every query slice is
-segmented and assigned to a chunk by its position in the whole volume; ``query_range`` restricts
+query's class z-range is unknown at inference time. By default every query slice is segmented
+and assigned to a chunk by its position in the whole volume, and ``query_range`` restricts
 segmentation to known slices.
 """
 
@@ -21,7 +21,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -32,11 +31,10 @@ from japc.networks.segmenter import FewShotSegmenter
 from japc.pipeline.checkpoints import load_model
 from japc.pipeline.config import RunConfig
 from japc.pipeline.datalist import MultiRaterDatalist, check_case
-from japc.pipeline.files import atomic_path, ensure_writable_folder
-from japc.pipeline.preprocessing import case_preprocessing, spatial_transforms
+from japc.pipeline.files import ensure_writable_folder, write_nifti_atomic
+from japc.pipeline.preprocessing import case_preprocessing, intensity_preprocessing, spatial_transforms
 from japc.pipeline.protocol import assign_chunks
 from japc.pipeline.support import SupportSet, encode_support
-from japc.transforms.intensity import intensity_transforms
 
 __all__ = ["prepare_support", "segment_query", "run_inference", "find_query_files"]
 
@@ -142,9 +140,7 @@ def segment_query(
         the query's metadata).
     """
     spatial = spatial_transforms(config.preprocessing, label_key=None)
-    params = {k: v for k, v in config.preprocessing.intensity.items() if k != "mode"}
-    intensity = intensity_transforms(config.preprocessing.intensity["mode"], key="image", **params)
-    prepared = intensity(spatial({"image": image}))["image"]
+    prepared = intensity_preprocessing(config.preprocessing)(spatial({"image": image}))["image"]
     depth = prepared.shape[-1]
     first, last = query_range if query_range is not None else (0, depth - 1)
     if not 0 <= first <= last < depth:
@@ -171,7 +167,7 @@ def find_query_files(inputs: list[str | Path]) -> list[Path]:
         if item.is_dir() and not _is_dicom_folder(item):
             files = sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
             if not files:
-                raise InputImageError(f"Query folder {item} holds no image file ({', '.join(IMAGE_SUFFIXES)}).")
+                raise InputImageError(f"Query folder {item} contains no image file ({', '.join(IMAGE_SUFFIXES)}).")
             found.extend(files)
         elif item.exists():
             found.append(item)
@@ -193,17 +189,13 @@ def _stem(path: Path) -> str:
 
 
 def _save(volume: torch.Tensor, affine: torch.Tensor, path: Path, dtype: Any, was_2d: bool) -> None:
-    """Write ``[H, W, D]`` (``[H, W]`` for a 2D query) as NIfTI with the query's affine, atomically.
+    """Write ``[H, W, D]`` (``[H, W]`` for a 2D query) as NIfTI with the query's affine.
 
     The affine is the one MONAI's reader reports (RAS, also for DICOM and NRRD input), which is
     the convention of NIfTI.
     """
     data = volume[..., 0] if was_2d else volume
-    image = nib.Nifti1Image(np.asarray(data.cpu().numpy(), dtype=dtype), np.asarray(affine, dtype=np.float64))
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    with atomic_path(path) as temporary:
-        nib.save(image, temporary)
+    write_nifti_atomic(data.cpu().numpy().astype(dtype), np.asarray(affine, dtype=np.float64), path)
 
 
 def run_inference(

@@ -1,8 +1,9 @@
 """Preprocessing chains shared by training, evaluation and inference.
 
 Every chain starts from a checked multi-rater case (``image`` ``[1, H, W, D]`` and ``label``
-``[R, H, W, D]`` MetaTensors), reorients it so that the last axis holds the axial slices,
-normalises intensities and resizes every slice to the network's in-plane size. Training adds
+``[R, H, W, D]`` MetaTensors), reorients it so that the last axis is the axial slice axis,
+optionally crops the in-plane border and resamples the slice axis, resizes every slice to the
+network's in-plane size and normalises intensities. Training adds
 the body mask and the superpixels; these deterministic steps come before any random transform,
 so MONAI's ``PersistentDataset`` caches them on disk.
 """
@@ -16,18 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from monai.data import PersistentDataset
-from monai.transforms import Compose, EnsureTyped, MapTransform, Orientationd, Resized
+from monai.transforms import Compose, EnsureTyped, MapTransform, NormalizeIntensityd, Orientationd, Resized, Spacingd
+
+from japc.errors import ConfigError
 
 from japc.pipeline.config import PreprocessingConfig
 from japc.pipeline.datalist import MultiRaterDatalist
 from japc.transforms.body_mask import BodyMaskd
 from japc.transforms.intensity import intensity_transforms
 from japc.transforms.io import LoadMultiRaterCased
+from japc.transforms.spatial import CropBorderd
 from japc.transforms.superpixels import Superpixelsd
 
 __all__ = [
     "spatial_transforms",
     "case_preprocessing",
+    "intensity_preprocessing",
     "training_preprocessing",
     "preprocessing_key",
     "cached_training_dataset",
@@ -40,38 +45,74 @@ PREPROCESSING_VERSION = 1
 
 
 def spatial_transforms(config: PreprocessingConfig, image_key: str = "image", label_key: str | None = "label") -> Compose:
-    """Reorient and resize slices in-plane, keeping the slice count (invertible with MONAI)."""
+    """Reorient, crop the in-plane border, resample the slice axis and resize slices in-plane.
+
+    Every step is invertible with MONAI, so inference maps predictions back to the input grid.
+    """
     keys = [image_key] if label_key is None else [image_key, label_key]
-    modes = ["trilinear"] if label_key is None else ["trilinear", "nearest-exact"]
+    image_only = label_key is None
     height, width = config.spatial_size
-    return Compose(
-        [
-            Orientationd(keys=keys, axcodes=config.orientation, labels=None),
-            Resized(keys=keys, spatial_size=(height, width, -1), mode=modes, anti_aliasing=False),
-        ]
+    steps: list[Any] = [Orientationd(keys=keys, axcodes=config.orientation, labels=None)]
+    if config.border_crop > 0:
+        steps.append(CropBorderd(keys=keys, border=config.border_crop))
+    if config.slice_spacing is not None:
+        steps.append(
+            Spacingd(
+                keys=keys,
+                pixdim=(0.0, 0.0, config.slice_spacing),
+                mode=["bilinear"] if image_only else ["bilinear", "nearest"],
+            )
+        )
+    steps.append(
+        Resized(
+            keys=keys,
+            spatial_size=(height, width, -1),
+            mode=["trilinear"] if image_only else ["trilinear", "nearest-exact"],
+            anti_aliasing=False,
+        )
     )
+    return Compose(steps)
 
 
 def case_preprocessing(
-    config: PreprocessingConfig, datalist: MultiRaterDatalist | None = None, with_labels: bool = True
+    config: PreprocessingConfig,
+    datalist: MultiRaterDatalist | None = None,
+    with_labels: bool = True,
+    dataset_statistics: bool = True,
 ) -> Compose:
-    """Build the chain for evaluation: load and check a case (if ``datalist`` is given), reorient,
-    resize, and normalise intensity. Output ``image`` ``[1, h, w, D]`` float32 and ``label``
-    ``[R, h, w, D]`` integer label maps at the network's in-plane size.
+    """Build the chain for evaluation: load and check a case (if ``datalist`` is given), apply
+    :func:`spatial_transforms`, then :func:`intensity_preprocessing`. Output ``image``
+    ``[1, h, w, D]`` float32 and ``label`` ``[R, h, w, D]`` integer label maps at the
+    network's in-plane size.
     """
     steps: list[Any] = []
     if datalist is not None:
         steps.append(LoadMultiRaterCased(datalist))
     steps.append(spatial_transforms(config, label_key="label" if with_labels else None))
+    steps.append(intensity_preprocessing(config, dataset_statistics=dataset_statistics))
+    return Compose(steps)
+
+
+def intensity_preprocessing(config: PreprocessingConfig, key: str = "image", dataset_statistics: bool = True) -> Compose:
+    """Normalise intensities with ``config.intensity``, then with the training-set statistics
+    when ``dataset_zscore`` is set and ``dataset_statistics`` is True; output float32.
+    """
     intensity_params = {k: v for k, v in config.intensity.items() if k != "mode"}
-    steps.append(intensity_transforms(config.intensity["mode"], key="image", **intensity_params))
-    steps.append(EnsureTyped(keys="image", dtype="float32"))
+    steps: list[Any] = [intensity_transforms(config.intensity["mode"], key=key, **intensity_params)]
+    if dataset_statistics and config.dataset_zscore:
+        if config.dataset_mean is None or config.dataset_std is None:
+            raise ConfigError(
+                "preprocessing.dataset_zscore is set but the training-set statistics are missing; "
+                "use a checkpoint written by japc train or set dataset_mean and dataset_std."
+            )
+        steps.append(NormalizeIntensityd(keys=key, subtrahend=config.dataset_mean, divisor=config.dataset_std))
+    steps.append(EnsureTyped(keys=key, dtype="float32"))
     return Compose(steps)
 
 
 def training_preprocessing(config: PreprocessingConfig, datalist: MultiRaterDatalist) -> Compose:
     """Build the cacheable training chain: :func:`case_preprocessing`, body mask, superpixels."""
-    steps: list[MapTransform | Compose] = [case_preprocessing(config, datalist, with_labels=True)]
+    steps: list[MapTransform | Compose] = [case_preprocessing(config, datalist, with_labels=True, dataset_statistics=False)]
     mask_key = None
     if config.body_mask_threshold is not None:
         steps.append(BodyMaskd(keys="image", threshold=config.body_mask_threshold, output_key="body_mask"))
@@ -99,8 +140,9 @@ def preprocessing_key(config: PreprocessingConfig, case: dict[str, Any]) -> str:
             stats.append([str(path), status.st_size, status.st_mtime_ns])
         except OSError:
             stats.append([str(path), None, None])
+    settings = {k: v for k, v in config.__dict__.items() if k not in ("dataset_mean", "dataset_std")}
     payload = json.dumps(
-        {"version": PREPROCESSING_VERSION, "config": config.__dict__, "files": stats}, sort_keys=True, default=str
+        {"version": PREPROCESSING_VERSION, "config": settings, "files": stats}, sort_keys=True, default=str
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 

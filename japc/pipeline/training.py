@@ -6,7 +6,7 @@ module, pseudo-style raters and a fresh optimiser. A run whose calibration mode 
 the base network: it trains all iterations as stage 1.
 
 Every episode is a pure function of (run seed, step index), so data-loader workers draw
-distinct episodes and a resumed run sees exactly the episodes it would have seen.
+distinct episodes and a resumed run receives exactly the episodes of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from japc.networks.segmenter import FewShotSegmenter
 from japc.pipeline.checkpoints import read_checkpoint, save_checkpoint
 from japc.pipeline.config import RunConfig
 from japc.pipeline.datalist import load_datalist
+from japc.pipeline.files import atomic_write_text
 from japc.pipeline.preprocessing import cached_training_dataset
 from japc.transforms.episodes import episode_transform, make_episode
 
@@ -54,7 +55,7 @@ class Stage:
 
 
 def plan_stages(config: RunConfig) -> list[Stage]:
-    """Split the iteration budget into the stages the configuration asks for."""
+    """Split the iteration budget into the stages that the configuration requests."""
     training = config.training
     if config.model.calibration == "none":
         return [Stage(1, 0, training.iterations, 1, False, False)]
@@ -87,7 +88,7 @@ class EpisodeDataset(Dataset):
         counts = np.array([int((v["superpixels"] > 0).flatten(0, -2).any(dim=0).sum()) for v in volumes], float)
         if counts.sum() == 0:
             raise DatalistError(
-                "No training slice holds a superpixel, so no episode can be drawn. Check the intensity "
+                "No training slice contains a superpixel, so no episode can be drawn. Check the intensity "
                 "normalisation and preprocessing.body_mask_threshold (a threshold above every intensity "
                 "gives empty body masks)."
             )
@@ -153,17 +154,41 @@ class EpisodicTrainer:
         cases = datalist.cases(data.split)
         dataset = cached_training_dataset(self.config.preprocessing, datalist, cases, self.output_dir / "cache")
         volumes = [dataset[i] for i in tqdm(range(len(dataset)), desc="preprocessing", unit="volume")]
-        excluded = [datalist.classes[name] for name in data.exclude_classes if name in datalist.classes]
-        missing = [name for name in data.exclude_classes if name not in datalist.classes]
+        missing = [name for name in data.test_classes if name not in datalist.classes]
         if missing:
             raise DatalistError(
-                f"data.exclude_classes names {missing}, which are not classes of {datalist.path}; "
+                f"data.test_classes names {missing}, which are not classes of {datalist.path}; "
                 f"valid classes are {sorted(datalist.classes)}."
             )
-        if excluded:
+        if data.setting == 2:
+            excluded = [datalist.classes[name] for name in data.test_classes]
             volumes = [exclude_slices_with_classes(volume, excluded) for volume in volumes]
+            dropped = sum(v["excluded_slices"] for v in volumes)
+            logger.info("Setting 2: dropped %d training slices that contain %s", dropped, data.test_classes)
+        if self.config.preprocessing.dataset_zscore:
+            volumes = self._apply_dataset_statistics(volumes)
         logger.info("Loaded %d training volumes from split %r of %s", len(volumes), data.split, datalist.path)
         return volumes
+
+    def _apply_dataset_statistics(self, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Z-score every training image with the training set's mean and standard deviation.
+
+        The statistics are computed once (unless the configuration gives them) and stored in the
+        configuration, so checkpoints carry them to evaluation and inference.
+        """
+        preprocessing = self.config.preprocessing
+        if preprocessing.dataset_mean is None or preprocessing.dataset_std is None:
+            total = sum(float(v["image"].double().sum()) for v in volumes)
+            count = sum(v["image"].numel() for v in volumes)
+            mean = total / count
+            variance = sum(float(((v["image"].double() - mean) ** 2).sum()) for v in volumes) / count
+            preprocessing.dataset_mean = mean
+            preprocessing.dataset_std = max(variance**0.5, 1e-8)
+            logger.info(
+                "Training-set intensity statistics: mean %.4f, std %.4f", preprocessing.dataset_mean, preprocessing.dataset_std
+            )
+        mean, std = preprocessing.dataset_mean, preprocessing.dataset_std
+        return [dict(v, image=(v["image"] - mean) / std) for v in volumes]
 
     def _optimizer(self, stage: Stage) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         training = self.config.training
@@ -206,8 +231,8 @@ class EpisodicTrainer:
     def run(self, resume: bool = False) -> Path:
         """Train all stages (or the rest of them when resuming); returns the final checkpoint path."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.volumes = self.load_volumes()
+        atomic_write_text(self.output_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
         step, stage_index, resumed_state = 0, self.stages[0].index, None
         latest = self.checkpoint_dir / "latest.pt"
         if resume:

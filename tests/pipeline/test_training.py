@@ -87,8 +87,37 @@ def test_truncated_checkpoint_is_reported(trained_checkpoint: Path, tmp_path: Pa
         read_checkpoint(broken)
 
 
-def test_excluded_class_without_data_is_rejected(synthetic_datalist: Path, tmp_path: Path) -> None:
+def test_unknown_test_class_is_rejected(synthetic_datalist: Path, tmp_path: Path) -> None:
     config = tiny_config(synthetic_datalist, tmp_path)
-    config.data.exclude_classes = ["liver"]
+    config.data.test_classes = ["liver"]
     with pytest.raises(DatalistError, match="liver"):
         EpisodicTrainer(config).load_volumes()
+
+
+def test_setting_two_never_draws_test_class_slices(synthetic_datalist: Path, tmp_path: Path) -> None:
+    config = tiny_config(synthetic_datalist, tmp_path)
+    config.data.test_classes = ["blob"]
+    config.data.setting = 2
+    volumes = EpisodicTrainer(config).load_volumes()
+    forbidden = set()
+    for volume in volumes:
+        blob_slices = (volume["label"] == 1).flatten(0, -2).any(dim=0)
+        forbidden |= {(volume["case"], int(z)) for z in torch.nonzero(blob_slices).flatten()}
+        assert volume["excluded_slices"] == int(blob_slices.sum())
+    assert forbidden
+    dataset = EpisodeDataset(volumes, num_raters=1, pseudo_styles=False, seed=0)
+    drawn = {(dataset[step]["case"], dataset[step]["slice_index"]) for step in range(200)}
+    assert not drawn & forbidden
+    assert len(drawn) >= 2
+
+
+def test_setting_one_draws_test_class_slices(synthetic_datalist: Path, tmp_path: Path) -> None:
+    config = tiny_config(synthetic_datalist, tmp_path)
+    config.data.test_classes = ["blob"]
+    volumes = EpisodicTrainer(config).load_volumes()
+    blob_slices = {
+        (v["case"], int(z)) for v in volumes for z in torch.nonzero((v["label"] == 1).flatten(0, -2).any(dim=0)).flatten()
+    }
+    dataset = EpisodeDataset(volumes, num_raters=1, pseudo_styles=False, seed=0)
+    drawn = {(dataset[step]["case"], dataset[step]["slice_index"]) for step in range(200)}
+    assert drawn & blob_slices
