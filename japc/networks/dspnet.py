@@ -5,10 +5,10 @@ Medical Image Analysis 100, 2025 (DSPNet), and its released code:
 
 - Local prototypes (background, and the foreground's local ones) come from average-pooled
   windows as in ALPNet, after a channel-structure refinement of the pooled features. For pooled
-  features ``X`` ``[C, N]`` (all windows of the support), the channel affinity
-  ``softmax_rows(X X^T)`` is kept on a band of width one around the diagonal, and the refined
-  features are ``((1 + alpha * banded_affinity) * W) X`` with a learnable ``W`` ``[C, C]``
-  initialised as a band (0.3, 0.8, 0.3) whose first and last rows are those of the identity.
+  features ``X`` ``[C, N]`` (all windows of the support), only the band of width one around the
+  diagonal of the channel affinity ``softmax_rows(X X^T)`` is kept. The refined features are
+  ``((1 + alpha * banded_affinity) * W) X``. The learnable ``W`` ``[C, C]`` starts as a band
+  (0.3, 0.8, 0.3) whose first and last rows are those of the identity.
 - The foreground's global prototype comes from support features refined by the query:
   each support pixel attends (softmax of cosine similarity) over the query pixels. Soft k-means
   (up to 5 seeds, 10 iterations, features plus pixel coordinates, without gradient) finds

@@ -201,7 +201,7 @@ class FewShotSegmenter(nn.Module):
         Returns:
             Scalar loss (0 when every rater's prediction is empty).
         """
-        predicted = output.logits.argmax(dim=2).to(output.query_features.dtype)
+        predicted = (output.logits[:, :, 1] > output.logits[:, :, 0]).to(output.query_features.dtype)
         foreground_pixels = predicted.flatten(2).sum(dim=-1).sum(dim=0)
         valid = (foreground_pixels > 0) & (foreground_pixels < predicted[:, 0].numel())
         if not bool(valid.any()):

@@ -88,7 +88,7 @@ def load_model(path: str | Path) -> tuple[FewShotSegmenter, RunConfig, dict[str,
     """
     state = read_checkpoint(path)
     try:
-        config = config_from_dict(state["config"], source=f"checkpoint {path}")
+        config = config_from_dict(state["config"], source=f"checkpoint {path}", ignore_unknown=True)
     except ConfigError as error:
         raise CheckpointError(f"Checkpoint {path} holds an invalid configuration: {error}") from error
     model = build_segmenter(config.model, pretrained=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,8 @@ class RunConfig:
         return self.training.iterations // 2 if stage1 is None else stage1
 
 
+logger = logging.getLogger(__name__)
+
 _SECTIONS = {
     "data": DataConfig,
     "preprocessing": PreprocessingConfig,
@@ -220,19 +223,25 @@ def _apply_override(content: dict[str, Any], override: str, source: str) -> None
     target[parts[-1]] = value
 
 
-def config_from_dict(content: dict[str, Any], source: str = "<config>") -> RunConfig:
+def config_from_dict(content: dict[str, Any], source: str = "<config>", ignore_unknown: bool = False) -> RunConfig:
     """Build a :class:`RunConfig` from a nested mapping, rejecting unknown keys.
 
     Args:
         content: mapping with optional sections ``data``, ``preprocessing``, ``model``,
             ``training`` and key ``output_dir``.
         source: file name used in error messages.
+        ignore_unknown: drop unknown keys with a warning instead of raising (for the
+            configuration stored in a checkpoint written by another japc version).
 
     Raises:
         ConfigError: unknown section or key, or a value of the wrong type.
     """
     content = copy.deepcopy(content)
     unknown = set(content) - set(_SECTIONS) - {"output_dir"}
+    if unknown and ignore_unknown:
+        logger.warning("Ignoring unknown configuration section(s) %s in %s", sorted(unknown), source)
+        content = {k: v for k, v in content.items() if k not in unknown}
+        unknown = set()
     if unknown:
         raise ConfigError(
             f"Unknown configuration section(s) {sorted(unknown)} in {source}; "
@@ -245,6 +254,10 @@ def config_from_dict(content: dict[str, Any], source: str = "<config>") -> RunCo
             raise ConfigError(f"Section {name!r} in {source} must be a mapping, not {values!r}.")
         valid = {f.name for f in dataclasses.fields(section_type)}
         unknown_keys = set(values) - valid
+        if unknown_keys and ignore_unknown:
+            logger.warning("Ignoring unknown key(s) %s in section %r of %s", sorted(unknown_keys), name, source)
+            values = {k: v for k, v in values.items() if k in valid}
+            unknown_keys = set()
         if unknown_keys:
             raise ConfigError(
                 f"Unknown key(s) {sorted(unknown_keys)} in section {name!r} of {source}; "

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from monai.data import MetaTensor
 from tqdm.auto import tqdm
 
 from japc.errors import DatalistError
@@ -71,6 +72,11 @@ class PreparedCase:
     features: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+def plain_tensor(value: Any) -> torch.Tensor:
+    """Return ``value`` as a plain tensor: MetaTensor dispatch costs more than tiny operations."""
+    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+
+
 def _prepare_cases(datalist: MultiRaterDatalist, split: str, preprocessing) -> list[PreparedCase]:
     transform = case_preprocessing(preprocessing, datalist)
     prepared = []
@@ -79,8 +85,8 @@ def _prepare_cases(datalist: MultiRaterDatalist, split: str, preprocessing) -> l
         prepared.append(
             PreparedCase(
                 case=case["case"],
-                image=torch.as_tensor(data["image"]).float().clone(),
-                label=torch.as_tensor(data["label"]).to(torch.uint8).clone(),
+                image=plain_tensor(data["image"]).float().clone(),
+                label=plain_tensor(data["label"]).to(torch.uint8).clone(),
             )
         )
     return prepared
@@ -134,7 +140,8 @@ def _predict(
             continue
         features = torch.stack([query_features[z] for z in slices])
         logits = support.logits(model, chunk, features, image_size)
-        prediction[..., slices] = (logits.argmax(dim=2) == 1).permute(1, 2, 3, 0)
+        # A comparison of the two channels is much faster on the CPU than argmax over a size-2 axis.
+        prediction[..., slices] = (logits[:, :, 1] > logits[:, :, 0]).permute(1, 2, 3, 0)
     return prediction
 
 

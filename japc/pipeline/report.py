@@ -1,4 +1,8 @@
-"""Reports over evaluation runs: the paper's table layout, a bar plot per rater, paired t-tests.
+"""Reports over evaluation runs: Dice tables, a bar plot per rater, paired t-tests.
+
+The tables follow the layout of "Attention-Based Prototype Calibration for Multi-Rater Few-Shot
+Medical Image Segmentation" (Vu, Ho, Xie): Dice per class with the mean Dice_m, and Dice per
+rater.
 
 An evaluation run is a folder written by ``japc evaluate`` (``summary.json`` and
 ``dice_per_case.csv``). Runs are compared over the supports they share: for each support the
@@ -86,7 +90,7 @@ def paired_t_test(baseline: EvaluationRun, candidate: EvaluationRun) -> dict[str
 
 
 def dice_table(runs: list[EvaluationRun]) -> str:
-    """Markdown tables in the paper's layout: Dice_c per class and Dice_m, then Dice_r per rater (%)."""
+    """Markdown tables: Dice_c per class and Dice_m, then Dice_r per rater, in percent."""
     classes = sorted({c for run in runs for c in run.summary["dice_class"]})
     raters = sorted({r for run in runs for r in run.summary["dice_rater"]})
     lines = ["| run | " + " | ".join(classes) + " | Dice_m |", "|---" * (len(classes) + 2) + "|"]

@@ -26,8 +26,8 @@ class SupportSet:
         features: per chunk, support features ``[K, C, h', w']``.
         masks: per chunk, rater masks ``[K, R, h, w]``.
         slices: per chunk, the support slice indices.
-        prototypes: per chunk, the calibrated rater prototypes when the head's prototypes do not
-            depend on the query (pooled once and reused for every query); otherwise None.
+        prototypes: per chunk, the calibrated rater prototypes, pooled once and reused for every
+            query. None when the head's prototypes depend on the query.
     """
 
     features: list[torch.Tensor]

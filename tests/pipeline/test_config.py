@@ -63,3 +63,36 @@ def test_malformed_override_is_reported(tmp_path: Path) -> None:
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "iterations", "stage2_start", "raters", "encoder"),
+    [
+        ("curvas.yaml", 50000, 25000, 3, "deeplabv3_resnet101"),
+        ("curvas-cpu.yaml", 2000, 1000, 3, "resnet18"),
+        ("qubiq-brain-growth.yaml", 10000, 5000, 7, "deeplabv3_resnet101"),
+        ("qubiq-brain-growth-cpu.yaml", 2000, 1000, 7, "resnet18"),
+    ],
+)
+def test_recipes_carry_published_budgets(name: str, iterations: int, stage2_start: int, raters: int, encoder: str) -> None:
+    config = load_config(REPO / "configs" / name)
+    assert config.training.iterations == iterations
+    assert config.stage1_stop == stage2_start
+    assert config.training.num_raters == raters
+    assert config.model.encoder == encoder
+
+
+def test_curvas_recipe_preprocessing() -> None:
+    config = load_config(REPO / "configs" / "curvas.yaml")
+    assert config.preprocessing.intensity["window"] == [-125, 275]
+    assert config.preprocessing.border_crop == 32
+    assert config.preprocessing.slice_spacing == 3.0
+    assert config.preprocessing.spatial_size == [256, 256]
+    assert config.preprocessing.dataset_zscore
+    assert config.data.test_classes == ["kidney", "pancreas", "liver"]
+
+
+def test_setting_two_override_parses_class_list() -> None:
+    config = load_config(REPO / "configs" / "curvas.yaml", ["data.setting=2", "data.test_classes=[pancreas, liver]"])
+    assert config.data.setting == 2
+    assert config.data.test_classes == ["pancreas", "liver"]
