@@ -54,3 +54,37 @@ def test_corrupt_image_in_datalist_is_reported(synthetic_datalist: Path, tmp_pat
     assert status == 1
     assert "case00" in error
     assert "Traceback" not in error
+
+
+def test_train_evaluate_infer_from_command_line(synthetic_datalist: Path, tmp_path: Path) -> None:
+    import json
+
+    import nibabel as nib
+    import pandas as pd
+    import yaml
+
+    from japc.pipeline.datalist import load_datalist
+    from tests.synthetic import RATERS, tiny_config
+
+    config = tiny_config(synthetic_datalist, tmp_path / "run", iterations=4).to_dict()
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["-q", "train", str(config_path), "--set", "training.seed=3"]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "final.pt"
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["training"]["seed"] == 3
+
+    assert main(["-q", "evaluate", str(checkpoint), "--datalist", str(synthetic_datalist), "--output", str(tmp_path / "eval")]) == 0
+    rows = pd.read_csv(tmp_path / "eval" / "dice_per_case.csv")
+    assert len(rows) == 2 * 2 * len(RATERS)  # two queries, two classes, three raters
+
+    case = load_datalist(synthetic_datalist).cases("test")[1]
+    masks = [case["label"][r] for r in RATERS]
+    arguments = ["-q", "infer", str(checkpoint), "--support-image", case["image"], "--support-masks", *masks]
+    arguments += ["--raters", *RATERS, "--queries", case["image"], "--output", str(tmp_path / "masks"), "--label-value", "2"]
+    assert main(arguments) == 0
+    written = sorted((tmp_path / "masks").rglob("*.nii.gz"))
+    assert len(written) == len(RATERS) + 1
+    reference = nib.load(case["image"])
+    for path in written:
+        assert nib.load(path).shape == reference.shape

@@ -272,15 +272,18 @@ def _evaluate_query(
 def format_summary(summary: dict[str, Any]) -> str:
     """Render Dice_{r,c} with Dice_c per row, Dice_r per column and Dice_m, in percent."""
     raters = summary["raters"]
-    header = f"{'class':<16}" + "".join(f"{r:>12}" for r in raters) + f"{'Dice_c':>12}"
-    lines = [header]
+    width = max([10, *(len(r) + 2 for r in raters)])
+    name_width = max([16, *(len(c) + 2 for c in summary["dice"])])
+
+    def cell(value: float | None) -> str:
+        return f"{'-':>{width}}" if value is None else f"{100 * value:>{width}.2f}"
+
+    lines = [f"{'class':<{name_width}}" + "".join(f"{r:>{width}}" for r in raters) + f"{'Dice_c':>{width}}"]
     for name, row in summary["dice"].items():
-        cells = "".join(f"{100 * row[r]:>12.2f}" if r in row else f"{'-':>12}" for r in raters)
-        lines.append(f"{name:<16}{cells}{100 * summary['dice_class'][name]:>12.2f}")
-    rater_cells = "".join(
-        f"{100 * summary['dice_rater'][r]:>12.2f}" if r in summary["dice_rater"] else f"{'-':>12}" for r in raters
-    )
-    lines.append(f"{'Dice_r':<16}{rater_cells}{100 * summary['dice_mean']:>12.2f}")
+        cells = "".join(cell(row.get(r)) for r in raters)
+        lines.append(f"{name:<{name_width}}{cells}{cell(summary['dice_class'][name])}")
+    rater_cells = "".join(cell(summary["dice_rater"].get(r)) for r in raters)
+    lines.append(f"{'Dice_r':<{name_width}}{rater_cells}{cell(summary['dice_mean'])}")
     lines.append(
         f"Dice_m = {100 * summary['dice_mean']:.2f} % over {summary['num_supports']} support(s) and "
         f"{summary['num_queries']} query case(s); z-range: {summary['protocol']['z_range']}."

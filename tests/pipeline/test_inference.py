@@ -112,3 +112,31 @@ def test_missing_query_is_reported(trained_checkpoint: Path, synthetic_datalist:
     image, masks = _support(synthetic_datalist)
     with pytest.raises(InputImageError, match="nowhere.nii.gz"):
         run_inference(trained_checkpoint, image, masks, [tmp_path / "nowhere.nii.gz"], tmp_path / "out")
+
+
+def test_infer_on_imported_lidc_nodule(lidc_root: Path, trained_checkpoint: Path, tmp_path: Path) -> None:
+    """Four rater masks on the grid of an imported LIDC nodule."""
+    import shutil
+
+    from japc.pipeline.importers import import_lidc
+
+    source = tmp_path / "source"
+    for subject in ("LIDC-IDRI-0001", "LIDC-IDRI-0003"):
+        shutil.copytree(lidc_root / subject, source / subject)
+    datalist = load_datalist(import_lidc(source, tmp_path / "data", progress=False))
+    cases = datalist.cases("training")
+    support, query = cases[0], cases[-1]
+    records = run_inference(
+        trained_checkpoint,
+        support["image"],
+        [support["label"][r] for r in datalist.raters],
+        [query["image"]],
+        tmp_path / "out",
+        raters=datalist.raters,
+    )
+    reference = nib.load(query["image"])
+    assert sorted(records[0]["masks"]) == ["rater-0", "rater-1", "rater-2", "rater-3"]
+    for path in records[0]["masks"].values():
+        output = nib.load(path)
+        assert output.shape == reference.shape
+        assert np.array_equal(output.affine, reference.affine)
