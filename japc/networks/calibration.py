@@ -69,9 +69,10 @@ class PrototypeCalibration(nn.Module):
 class JointAttentionCalibration(PrototypeCalibration):
     """Joint attention of every rater prototype over the deviations of all raters.
 
-    ``Wv`` starts at zero, so a freshly initialised module is the identity: stage 2 of the
-    two-stage schedule then starts from exactly the stage-1 predictions, and the gradient
-    reaches ``Wv`` first and ``Wq``, ``Wk`` once ``Wv`` has moved.
+    With ``zero_init_values`` (the default), ``Wv`` starts at zero, so a freshly initialised
+    module is the identity. Stage 2 of the two-stage schedule then starts from exactly the
+    stage-1 predictions, and the gradient reaches ``Wv`` first and ``Wq``, ``Wk`` once ``Wv``
+    has moved. Otherwise all three start with PyTorch's default ``nn.Linear`` initialisation.
 
     Args:
         channels: prototype dimension C.
@@ -82,10 +83,17 @@ class JointAttentionCalibration(PrototypeCalibration):
     def __init__(self, channels: int, attention_dim: int = 64, zero_init_values: bool = True) -> None:
         super().__init__()
         self.attention_dim = attention_dim
+        self.zero_init_values = zero_init_values
         self.query = nn.Linear(channels, attention_dim, bias=False)
         self.key = nn.Linear(channels, attention_dim, bias=False)
         self.value = nn.Linear(channels, channels, bias=False)
-        if zero_init_values:
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise the projections; ``Wv`` is zero when ``zero_init_values`` is set."""
+        for linear in (self.query, self.key, self.value):
+            linear.reset_parameters()
+        if self.zero_init_values:
             nn.init.zeros_(self.value.weight)
 
     def calibrate(self, prototypes: torch.Tensor, deviations: torch.Tensor) -> torch.Tensor:
@@ -122,10 +130,12 @@ class IdentityCalibration(PrototypeCalibration):
         return prototypes
 
 
-def build_calibration(mode: str, channels: int, attention_dim: int = 64) -> PrototypeCalibration:
+def build_calibration(
+    mode: str, channels: int, attention_dim: int = 64, zero_init_values: bool = True
+) -> PrototypeCalibration:
     """Create the calibration module for ``mode`` (``attention``, ``gate`` or ``none``)."""
     if mode == "attention":
-        return JointAttentionCalibration(channels, attention_dim)
+        return JointAttentionCalibration(channels, attention_dim, zero_init_values)
     if mode == "gate":
         return GateCalibration(channels, attention_dim)
     if mode == "none":

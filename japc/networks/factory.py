@@ -44,4 +44,5 @@ def build_segmenter(config: ModelConfig, pretrained: bool = True) -> FewShotSegm
         feature_channels=config.feature_channels,
         attention_dim=config.attention_dim,
         mask_resize=config.mask_resize,
+        calibration_zero_init=config.calibration_init == "identity",
     )

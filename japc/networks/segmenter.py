@@ -49,6 +49,7 @@ class FewShotSegmenter(nn.Module):
         attention_dim: query/key dimension of the calibration module.
         mask_resize: how support masks shrink to the feature size, ``bilinear`` (reference
             implementation) or ``area`` (covered fraction, see :func:`resize_masks`).
+        calibration_zero_init: start the attention calibration as the identity (``Wv = 0``).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class FewShotSegmenter(nn.Module):
         feature_channels: int = 256,
         attention_dim: int = 64,
         mask_resize: str = "bilinear",
+        calibration_zero_init: bool = True,
     ) -> None:
         super().__init__()
         if mask_resize not in MASK_RESIZE_MODES:
@@ -67,7 +69,7 @@ class FewShotSegmenter(nn.Module):
         self.encoder = encoder
         self.head = head
         self.calibration_mode = calibration
-        self.calibration = build_calibration(calibration, feature_channels, attention_dim)
+        self.calibration = build_calibration(calibration, feature_channels, attention_dim, calibration_zero_init)
         # Stage 1 of the two-stage schedule trains the base network with calibration off.
         self.calibration_enabled = calibration != "none"
 

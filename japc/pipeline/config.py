@@ -108,6 +108,9 @@ class ModelConfig:
             covered fraction, so rater outlines that differ by a few pixels still give different
             prototypes) or ``bilinear`` (the reference implementation's point sampling, which can
             turn a small mask into an empty one and leave a rater without prototypes).
+        calibration_init: start of the attention calibration in stage 2: ``identity`` (``Wv`` at
+            zero, so stage 2 starts from the stage-1 predictions) or ``random`` (PyTorch's default
+            initialisation of every projection).
     """
 
     encoder: str = "resnet18"
@@ -120,6 +123,7 @@ class ModelConfig:
     train_window: int = 4
     test_window: int = 2
     mask_resize: str = "area"
+    calibration_init: str = "identity"
 
 
 @dataclass
@@ -294,6 +298,10 @@ def _validate(config: RunConfig, source: str) -> None:
         raise ConfigError(f"preprocessing.slice_spacing must be positive (mm) in {source}, got {config.preprocessing.slice_spacing}.")
     if "mode" not in config.preprocessing.intensity:
         raise ConfigError(f"preprocessing.intensity needs a 'mode' key in {source}, got {config.preprocessing.intensity}.")
+    if config.model.calibration_init not in ("identity", "random"):
+        raise ConfigError(
+            f"model.calibration_init must be identity or random in {source}, got {config.model.calibration_init!r}."
+        )
     if config.data.setting not in (1, 2):
         raise ConfigError(f"data.setting must be 1 or 2 in {source}, got {config.data.setting}.")
     if config.data.setting == 2 and not config.data.test_classes:

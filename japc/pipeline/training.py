@@ -209,11 +209,13 @@ class EpisodicTrainer:
             # Stage 2 starts with newly initialised calibration weights, from a seed of its own.
             generator_state = torch.get_rng_state()
             torch.manual_seed(self.config.training.seed + 1)
-            for module in self.model.calibration.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-            if hasattr(self.model.calibration, "value"):
-                torch.nn.init.zeros_(self.model.calibration.value.weight)
+            calibration = self.model.calibration
+            if hasattr(calibration, "reset_parameters"):
+                calibration.reset_parameters()
+            else:
+                for module in calibration.modules():
+                    if isinstance(module, torch.nn.Linear):
+                        module.reset_parameters()
             torch.set_rng_state(generator_state)
 
     def _state(self, step: int, stage: Stage, optimizer, scheduler) -> dict[str, Any]:

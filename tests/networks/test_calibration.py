@@ -131,3 +131,15 @@ def test_disabled_calibration_has_zero_loss() -> None:
 def test_unknown_mode_lists_valid_modes() -> None:
     with pytest.raises(ConfigError, match="attention, gate, none"):
         build_calibration("cross", 16)
+
+
+def test_random_initialisation_is_not_identity() -> None:
+    torch.manual_seed(0)
+    identity = JointAttentionCalibration(16, attention_dim=8)
+    random_start = JointAttentionCalibration(16, attention_dim=8, zero_init_values=False)
+    sets, consensus = _prototype_sets()
+    assert identity(sets, consensus)[1].item() == 0.0
+    assert random_start(sets, consensus)[1].item() > 0.0
+    nn.init.normal_(identity.value.weight)
+    identity.reset_parameters()
+    assert torch.count_nonzero(identity.value.weight) == 0
