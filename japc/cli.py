@@ -84,6 +84,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "--no-oracle", action="store_true", help="score every query slice instead of the ground-truth class z-range"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="slices per encoder batch (default: 32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def _add_infer(commands: argparse._SubParsersAction) -> None:
@@ -102,6 +103,7 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=16, help="query slices per encoder batch (default: 16)")
     parser.add_argument("--overlays", action="store_true", help="also write PNG overlays of a few slices")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
@@ -175,7 +177,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         classes=args.classes,
         batch_size=args.batch_size,
     )
-    summary = evaluate(args.checkpoint, args.datalist, args.split, args.output, settings)
+    summary = evaluate(args.checkpoint, args.datalist, args.split, args.output, settings, device=args.device)
     print(format_summary(summary))
     print(f"Per-case Dice: {args.output / 'dice_per_case.csv'}; summary: {args.output / 'summary.json'}")
 
@@ -194,6 +196,7 @@ def _run_infer(args: argparse.Namespace) -> None:
         overlays=args.overlays,
         threshold=args.threshold,
         batch_size=args.batch_size,
+        device=args.device,
     )
     for record in records:
         counts = ", ".join(f"{rater}: {count}" for rater, count in record["foreground_voxels"].items())

@@ -22,6 +22,7 @@ from japc.errors import CheckpointError, ConfigError
 from japc.networks.factory import build_segmenter
 from japc.networks.segmenter import FewShotSegmenter
 from japc.pipeline.config import RunConfig, config_from_dict
+from japc.pipeline.devices import resolve_device
 
 __all__ = ["CHECKPOINT_FORMAT_VERSION", "save_checkpoint", "read_checkpoint", "load_model"]
 
@@ -80,8 +81,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model(path: str | Path) -> tuple[FewShotSegmenter, RunConfig, dict[str, Any]]:
-    """Rebuild the segmenter stored in a checkpoint, in evaluation mode on the CPU.
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotSegmenter, RunConfig, dict[str, Any]]:
+    """Rebuild the segmenter stored in a checkpoint, in evaluation mode on ``device``.
+
+    The file is always read onto the CPU first, so checkpoints saved on a GPU load anywhere.
 
     Returns:
         The model, its run configuration and the raw checkpoint dictionary.
@@ -100,4 +103,5 @@ def load_model(path: str | Path) -> tuple[FewShotSegmenter, RunConfig, dict[str,
         ) from error
     model.calibration_enabled = bool(state.get("calibration_enabled", model.calibration_enabled))
     model.eval()
+    model.to(resolve_device(device) if isinstance(device, str) else device)
     return model, config, state

@@ -149,6 +149,8 @@ class TrainingConfig:
         log_every: iterations between logged loss averages.
         num_workers: data-loader worker processes.
         seed: random seed of the run.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: bfloat16 autocast on CUDA (ignored on the CPU).
     """
 
     iterations: int = 2000
@@ -165,6 +167,8 @@ class TrainingConfig:
     log_every: int = 50
     num_workers: int = 0
     seed: int = 0
+    device: str = "auto"
+    amp: bool = False
 
 
 @dataclass

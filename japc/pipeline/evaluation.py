@@ -141,7 +141,7 @@ def _predict(
         features = torch.stack([query_features[z] for z in slices])
         logits = support.logits(model, chunk, features, image_size)
         # A comparison of the two channels is much faster on the CPU than argmax over a size-2 axis.
-        prediction[..., slices] = (logits[:, :, 1] > logits[:, :, 0]).permute(1, 2, 3, 0)
+        prediction[..., slices] = (logits[:, :, 1] > logits[:, :, 0]).permute(1, 2, 3, 0).cpu()
     return prediction
 
 
@@ -151,11 +151,20 @@ def evaluate(
     split: str,
     output_dir: str | Path,
     settings: EvaluationSettings | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a datalist split and write the per-rater Dice tables.
 
     Writes ``dice_per_case.csv`` (one row per support, query case, class and rater) and
     ``summary.json`` (Dice_{r,c}, Dice_c, Dice_r, Dice_m and the protocol) in ``output_dir``.
+
+    Args:
+        checkpoint: checkpoint written by ``japc train``.
+        datalist_path: multi-rater datalist.
+        split: split to evaluate.
+        output_dir: folder for the tables.
+        settings: protocol options.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Returns:
         The summary dictionary.
@@ -163,7 +172,7 @@ def evaluate(
     settings = settings or EvaluationSettings()
     started = time.perf_counter()
     output_dir = ensure_writable_folder(output_dir)
-    model, config, _ = load_model(checkpoint)
+    model, config, _ = load_model(checkpoint, device)
     datalist = load_datalist(datalist_path)
     classes = _select_classes(datalist, settings.classes or config.data.test_classes or None)
     cases = _prepare_cases(datalist, split, config.preprocessing)

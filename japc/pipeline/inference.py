@@ -34,7 +34,7 @@ from japc.pipeline.datalist import MultiRaterDatalist, check_case
 from japc.pipeline.files import ensure_writable_folder, write_nifti_atomic
 from japc.pipeline.preprocessing import case_preprocessing, intensity_preprocessing, spatial_transforms
 from japc.pipeline.protocol import assign_chunks
-from japc.pipeline.support import SupportSet, encode_support
+from japc.pipeline.support import SupportSet, encode_slices, encode_support
 
 __all__ = ["prepare_support", "segment_query", "run_inference", "find_query_files"]
 
@@ -154,8 +154,8 @@ def segment_query(
         for start in range(0, len(slices), batch_size):
             batch = slices[start : start + batch_size]
             images = prepared.as_tensor()[..., batch].permute(3, 0, 1, 2).float()
-            logits = support.logits(model, chunk, model.encode(images), size)
-            probabilities[..., batch] = torch.softmax(logits, dim=2)[:, :, 1].permute(1, 2, 3, 0)
+            logits = support.logits(model, chunk, encode_slices(model, images, batch_size), size)
+            probabilities[..., batch] = torch.softmax(logits, dim=2)[:, :, 1].permute(1, 2, 3, 0).cpu()
     result = MetaTensor(probabilities, meta=dict(prepared.meta), applied_operations=list(prepared.applied_operations))
     return spatial.inverse({"image": result})["image"]
 
@@ -209,6 +209,7 @@ def run_inference(
     overlays: bool = False,
     threshold: float = 0.5,
     batch_size: int = 16,
+    device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Segment every query with a trained checkpoint and one support scan; write the masks.
 
@@ -217,7 +218,7 @@ def run_inference(
         "overlays": [paths], "foreground_voxels": {rater: count}}``.
     """
     output_dir = ensure_writable_folder(output_dir)
-    model, config, _ = load_model(checkpoint)
+    model, config, _ = load_model(checkpoint, device)
     support, raters = prepare_support(model, config, support_image, support_masks, raters, label_value, batch_size=batch_size)
     query_files = find_query_files(queries)
     records = []

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from japc.networks.segmenter import FewShotSegmenter
+from japc.pipeline.devices import model_device
 from japc.pipeline.protocol import slices_with_class, support_slice_indices
 
 __all__ = ["SupportSet", "encode_slices", "encode_support"]
@@ -14,8 +15,15 @@ __all__ = ["SupportSet", "encode_slices", "encode_support"]
 
 @torch.inference_mode()
 def encode_slices(model: FewShotSegmenter, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Encode slices ``[N, 1, h, w]`` in batches of ``batch_size``; returns ``[N, C, h', w']``."""
-    return torch.cat([model.encode(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+    """Encode slices ``[N, 1, h, w]`` in batches of ``batch_size`` on the model's device.
+
+    Returns:
+        Features ``[N, C, h', w']`` on the model's device.
+    """
+    device = model_device(model)
+    return torch.cat(
+        [model.encode(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
+    )
 
 
 @dataclass
@@ -79,7 +87,7 @@ def encode_support(
     features, chunk_masks = [], []
     for indices in chunks:
         features.append(encode_slices(model, image[..., indices].permute(3, 0, 1, 2).float(), batch_size))
-        chunk_masks.append(masks[..., indices].permute(3, 0, 1, 2).float())
+        chunk_masks.append(masks[..., indices].permute(3, 0, 1, 2).float().to(model_device(model)))
     support = SupportSet(features, chunk_masks, chunks)
     if not model.head.query_dependent:
         support.prototypes = [model.rater_prototypes(f, m)[0] for f, m in zip(features, chunk_masks)]

@@ -31,6 +31,7 @@ from japc.networks.segmenter import FewShotSegmenter
 from japc.pipeline.checkpoints import read_checkpoint, save_checkpoint
 from japc.pipeline.config import RunConfig
 from japc.pipeline.datalist import load_datalist
+from japc.pipeline.devices import autocast, model_device, resolve_device
 from japc.pipeline.files import atomic_write_text
 from japc.pipeline.preprocessing import cached_training_dataset
 from japc.transforms.episodes import episode_transform, make_episode
@@ -109,24 +110,31 @@ class EpisodeDataset(Dataset):
 
 
 def training_step(
-    model: FewShotSegmenter, episode: dict[str, Any], class_weights: tuple[float, float] | None
+    model: FewShotSegmenter,
+    episode: dict[str, Any],
+    class_weights: tuple[float, float] | None,
+    amp: bool = False,
 ) -> LossTerms:
     """Run one episode forward and return its loss terms.
 
     Args:
-        model: segmenter in training mode.
+        model: segmenter in training mode; the episode moves to its device.
         episode: ``support_image`` ``[1, H, W]``, ``support_masks`` ``[R, H, W]``,
             ``query_image`` ``[1, H, W]``, ``query_masks`` ``[R, H, W]`` (one episode, no batch axis).
         class_weights: background and foreground weights of the query cross-entropy.
+        amp: bfloat16 autocast on CUDA (no effect on the CPU).
     """
-    support_images = episode["support_image"].unsqueeze(0).float()
-    support_masks = episode["support_masks"].unsqueeze(0).float()
-    query_images = episode["query_image"].unsqueeze(0).float()
-    query_masks = episode["query_masks"].unsqueeze(0).float()
-    output = model.run_episode(support_images, support_masks, query_images)
-    segmentation = rater_cross_entropy(output.logits, query_masks, class_weights)
-    alignment = model.alignment_loss(output, support_masks)
-    return LossTerms(segmentation, alignment, output.calibration_loss)
+    device = model_device(model)
+    support_images = episode["support_image"].unsqueeze(0).float().to(device)
+    support_masks = episode["support_masks"].unsqueeze(0).float().to(device)
+    query_images = episode["query_image"].unsqueeze(0).float().to(device)
+    query_masks = episode["query_masks"].unsqueeze(0).float().to(device)
+    with autocast(device, amp):
+        output = model.run_episode(support_images, support_masks, query_images)
+        output.logits = output.logits.float()
+        segmentation = rater_cross_entropy(output.logits, query_masks, class_weights)
+        alignment = model.alignment_loss(output, support_masks)
+    return LossTerms(segmentation, alignment, output.calibration_loss.float())
 
 
 class EpisodicTrainer:
@@ -144,7 +152,8 @@ class EpisodicTrainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.stages = plan_stages(config)
         torch.manual_seed(config.training.seed)
-        self.model = build_segmenter(config.model)
+        self.device = resolve_device(config.training.device)
+        self.model = build_segmenter(config.model).to(self.device)
         self.volumes: list[dict[str, Any]] | None = None
 
     def load_volumes(self) -> list[dict[str, Any]]:
@@ -243,6 +252,7 @@ class EpisodicTrainer:
             resumed_state = read_checkpoint(latest)
             step, stage_index = int(resumed_state["step"]), int(resumed_state["stage"])
             self.model.load_state_dict(resumed_state["model"])
+            self.model.to(self.device)
             torch.set_rng_state(resumed_state["torch_rng"])
             logger.info("Resuming from %s at step %d (stage %d)", latest, step, stage_index)
 
@@ -288,7 +298,7 @@ class EpisodicTrainer:
         progress = tqdm(loader, total=stage.stop - start, desc=f"stage {stage.index}", unit="episode")
         step = start
         for episode in progress:
-            terms = training_step(self.model, episode, weights)
+            terms = training_step(self.model, episode, weights, amp=training.amp)
             total = terms.total
             if not torch.isfinite(total):
                 raise JapcError(
