@@ -136,8 +136,15 @@ def segment_query(
         batch_size: slices per encoder batch; bounds memory on large volumes.
 
     Returns:
-        Foreground probabilities ``[R, H, W, D]`` on the query's original grid (MetaTensor with
-        the query's metadata).
+        Foreground probabilities ``[R, H, W, D]`` on the query's original grid, float16 to halve
+        the memory of large volumes (a precision of about 1e-3 is ample for thresholding and
+        averaging), as a MetaTensor with the query's affine.
+
+    Note:
+        Memory: besides the query itself, the peak holds the preprocessed volume at the network
+        size (float32), the probabilities at the network size (R float32 maps), one rater's
+        probabilities on the original grid in float32 while it is mapped back, and the float16
+        result (R maps on the original grid). Encoder activations scale with ``batch_size``.
     """
     spatial = spatial_transforms(config.preprocessing, label_key=None)
     prepared = intensity_preprocessing(config.preprocessing)(spatial({"image": image}))["image"]
@@ -156,8 +163,20 @@ def segment_query(
             images = prepared.as_tensor()[..., batch].permute(3, 0, 1, 2).float()
             logits = support.logits(model, chunk, encode_slices(model, images, batch_size), size)
             probabilities[..., batch] = torch.softmax(logits, dim=2)[:, :, 1].permute(1, 2, 3, 0).cpu()
-    result = MetaTensor(probabilities, meta=dict(prepared.meta), applied_operations=list(prepared.applied_operations))
-    return spatial.inverse({"image": result})["image"]
+    restored = None
+    for r in range(num_raters):
+        # One rater at a time, so only one float32 map on the original grid exists at once.
+        single = MetaTensor(
+            probabilities[r : r + 1], meta=dict(prepared.meta), applied_operations=list(prepared.applied_operations)
+        )
+        inverted = spatial.inverse({"image": single})["image"]
+        if restored is None:
+            restored = MetaTensor(
+                torch.empty((num_raters, *inverted.shape[1:]), dtype=torch.float16), meta=dict(inverted.meta)
+            )
+        restored[r] = inverted.as_tensor()[0].to(torch.float16)
+        del inverted
+    return restored
 
 
 def find_query_files(inputs: list[str | Path]) -> list[Path]:
@@ -248,8 +267,12 @@ def _write_outputs(
         _save(masks[r].to(torch.uint8), image.affine, path, np.uint8, was_2d)
         record["masks"][rater] = str(path)
         record["foreground_voxels"][rater] = int(masks[r].sum())
+    mean = torch.zeros(probabilities.shape[1:], dtype=torch.float32)
+    for r in range(len(raters)):
+        mean += probabilities.as_tensor()[r].float()
+    mean /= len(raters)
     mean_path = folder / f"{stem}_mean_probability.nii.gz"
-    _save(probabilities.as_tensor().mean(dim=0), image.affine, mean_path, np.float32, was_2d)
+    _save(mean, image.affine, mean_path, np.float32, was_2d)
     record["mean_probability"] = str(mean_path)
     if overlays:
         from japc.pipeline.overlays import write_overlays
