@@ -212,7 +212,8 @@ class EpisodicTrainer:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=training.lr_step, gamma=training.lr_gamma)
         return optimizer, scheduler
 
-    def _start_stage(self, stage: Stage) -> None:
+    def start_stage(self, stage: Stage) -> None:
+        """Prepare the model for ``stage``: calibration on or off, fresh calibration weights in stage 2."""
         self.model.calibration_enabled = stage.calibration
         if stage.index == 2:
             # Stage 2 starts with newly initialised calibration weights, from a seed of its own.
@@ -268,7 +269,7 @@ class EpisodicTrainer:
                 optimizer.load_state_dict(resumed_state["optimizer"])
                 scheduler.load_state_dict(resumed_state["scheduler"])
             else:
-                self._start_stage(stage)
+                self.start_stage(stage)
                 optimizer, scheduler = self._optimizer(stage)
             step = self._run_stage(stage, max(step, stage.start), optimizer, scheduler, log_path)
             state = self._state(step, stage, optimizer, scheduler)

@@ -1,0 +1,297 @@
+"""Episodic two-stage training on MONAI's Ignite engines, for the bundle's ``train.json``.
+
+Each bundle run trains one stage of :func:`japc.pipeline.training.plan_stages`. The pieces
+reuse ``japc train``: the network is built and (in stage 2) restarted exactly as
+:class:`~japc.pipeline.training.EpisodicTrainer` does, episodes come from
+:class:`~japc.pipeline.training.EpisodeDataset` (item ``i`` is the episode of step ``i``), the
+loss is :func:`~japc.pipeline.training.training_step`, and checkpoints have japc's layout, so
+``japc evaluate`` and ``japc infer`` read them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from torch import nn
+from torch.utils.data import DataLoader
+
+from japc.errors import ConfigError, JapcError
+from japc.networks.segmenter import FewShotSegmenter
+from japc.pipeline.checkpoints import CHECKPOINT_FORMAT_VERSION, read_checkpoint
+from japc.pipeline.config import RunConfig
+from japc.pipeline.ddp import EpisodeStepSampler, is_distributed, rank, world_size
+from japc.pipeline.training import EpisodeDataset, EpisodicTrainer, Stage, plan_stages, training_step
+
+__all__ = [
+    "training_stage",
+    "TrainingStageSetup",
+    "stage_parameters",
+    "EpisodeLoss",
+    "episode_loader",
+    "EpisodeTrainer",
+    "JapcCheckpoint",
+    "loss_terms",
+]
+
+logger = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "segmentation", "alignment", "calibration")
+
+
+def training_stage(config: RunConfig, stage: int) -> Stage:
+    """Return stage ``stage`` (1 or 2) of the schedule that :func:`plan_stages` makes for ``config``."""
+    for planned in plan_stages(config):
+        if planned.index == stage:
+            return planned
+    planned_indices = [planned.index for planned in plan_stages(config)]
+    raise ConfigError(f"The run configuration plans no stage {stage}; it plans stage(s) {planned_indices}.")
+
+
+class TrainingStageSetup:
+    """The network and the episodes of one stage, set up exactly as ``japc train`` sets them up.
+
+    The network is initialised from ``training.seed``. Stage 2 then loads the stage-1 weights
+    and re-initialises the calibration module from ``seed + 1``. In stage 1 the calibration
+    parameters are frozen (they are neither used nor optimised), so that
+    ``DistributedDataParallel`` finds no parameter without a gradient.
+
+    Args:
+        config: run configuration (:func:`~japc.pipeline.bundle_config.bundle_run_config`).
+        stage: 1 or 2.
+        stage1_checkpoint: checkpoint written by stage 1 (stage 2 only).
+
+    Attributes:
+        stage: the stage's :class:`Stage` (step range, raters, calibration).
+        network: the segmenter to train.
+    """
+
+    def __init__(self, config: RunConfig, stage: int, stage1_checkpoint: str | None = None) -> None:
+        self.config = config
+        self.stage = training_stage(config, stage)
+        if stage == 2 and stage1_checkpoint is None:
+            raise ConfigError("Stage 2 starts from the stage-1 checkpoint; give its path (--stage1_checkpoint).")
+        self._trainer = EpisodicTrainer(config)
+        if stage == 2:
+            self._trainer.model.load_state_dict(read_checkpoint(stage1_checkpoint)["model"])
+        self._trainer.start_stage(self.stage)
+        self.network = self._trainer.model
+        if not self.stage.calibration:
+            for parameter in self.network.calibration.parameters():
+                parameter.requires_grad_(False)
+
+    def dataset(self) -> EpisodeDataset:
+        """Preprocess the training volumes (through japc's cache) and wrap them as the stage's episodes.
+
+        In a process group, rank 0 fills the preprocessing cache while the other ranks wait,
+        then they read it.
+        """
+        if is_distributed() and rank() != 0:
+            dist.barrier()
+        volumes = self._trainer.load_volumes()
+        if is_distributed() and rank() == 0:
+            dist.barrier()
+        training = self.config.training
+        return EpisodeDataset(volumes, self.stage.num_raters, self.stage.pseudo_styles, training.seed)
+
+
+def stage_parameters(network: nn.Module, calibration: bool) -> list[nn.Parameter]:
+    """Return the parameters that a stage optimises: all trainable ones, calibration only if ``calibration``."""
+    return [
+        parameter
+        for name, parameter in network.named_parameters()
+        if parameter.requires_grad and (calibration or not name.startswith("calibration."))
+    ]
+
+
+class EpisodeLoss(nn.Module):
+    """Loss terms of one training episode, computed in ``forward``.
+
+    ``DistributedDataParallel`` averages gradients only for work done in the ``forward`` of
+    the module it wraps. The alignment loss needs the segmenter's features, so the whole
+    :func:`training_step` runs here.
+
+    Args:
+        segmenter: the network being trained.
+        class_weights: background and foreground weights of the query cross-entropy.
+        amp: bfloat16 autocast on CUDA devices, as ``training.amp`` of ``japc train``; no effect
+            on the CPU.
+    """
+
+    def __init__(
+        self, segmenter: FewShotSegmenter, class_weights: tuple[float, float] | list[float], amp: bool = False
+    ) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.class_weights = tuple(float(w) for w in class_weights)
+        self.amp = amp
+
+    def forward(self, episode: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Return the ``segmentation``, ``alignment`` and ``calibration`` losses (scalar tensors)."""
+        terms = training_step(self.segmenter, episode, self.class_weights, amp=self.amp)
+        return {"segmentation": terms.segmentation, "alignment": terms.alignment, "calibration": terms.calibration}
+
+
+def episode_loader(dataset: EpisodeDataset, stage: Stage, iterations: int, num_workers: int = 0) -> DataLoader:
+    """Load the episodes of this process: ``iterations`` steps from ``stage.start`` (see :class:`EpisodeStepSampler`)."""
+    sampler = EpisodeStepSampler(stage.start, iterations)
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers, persistent_workers=False)
+
+
+class EpisodeTrainer(SupervisedTrainer):
+    """MONAI trainer whose iteration is one japc training episode.
+
+    ``network`` is an :class:`EpisodeLoss` (or ``DistributedDataParallel`` around one). Each
+    iteration moves the episode to the device, computes the loss terms, checks that their sum
+    is finite, and takes one optimiser step. ``engine.state.output`` contains the terms as
+    detached tensors (``loss`` is their sum), the learning rate (``lr``) and the episode's
+    ``step``, ``case`` and ``slice_index``. The learning-rate scheduler is stepped by MONAI's
+    ``LrScheduleHandler``.
+
+    Mixed precision is :class:`EpisodeLoss`'s ``amp`` (bfloat16 autocast on CUDA only, which
+    needs no gradient scaling). The engine's own ``amp`` stays off, because MONAI's engines
+    assume float16 CUDA autocast.
+
+    Args:
+        device: device of the network.
+        train_data_loader: episodes, one per iteration (:func:`episode_loader`).
+        network: :class:`EpisodeLoss` or ``DistributedDataParallel`` around one.
+        optimizer: optimiser of the stage's parameters.
+        train_handlers: Ignite handlers (statistics, checkpoints, validation, ...).
+        max_epochs: passes over ``train_data_loader`` (1: the loader yields the whole stage).
+        epoch_length: iterations per epoch; None for the loader's length.
+        non_blocking: asynchronous copies to the device.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        train_data_loader: DataLoader,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_handlers: list | None = None,
+        max_epochs: int = 1,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+    ) -> None:
+        super().__init__(
+            device=torch.device(device),
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=None,  # the loss is the network's output, see EpisodeLoss
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            train_handlers=train_handlers,
+            amp=False,
+            decollate=False,
+        )
+
+    def _iteration(self, engine: EpisodeTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        episode = {
+            key: value.to(engine.state.device, non_blocking=engine.non_blocking)
+            if isinstance(value, torch.Tensor)
+            else value
+            for key, value in batchdata.items()
+        }
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        terms = engine.network(episode)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+        total = terms["segmentation"] + terms["alignment"] + terms["calibration"]
+        if not torch.isfinite(total):
+            raise JapcError(
+                f"The training loss became {float(total)} at step {episode['step']} (case {episode['case']}, slice "
+                f"{episode['slice_index']}); training stopped. Lower --japc#training#learning_rate or check the "
+                "intensity normalisation of the training images."
+            )
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        total.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+
+        output: dict[str, Any] = {"loss": total.detach()}
+        output.update({key: value.detach() for key, value in terms.items()})
+        output.update(
+            lr=engine.optimizer.param_groups[0]["lr"],
+            step=episode["step"],
+            case=episode["case"],
+            slice_index=episode["slice_index"],
+        )
+        return output
+
+
+def loss_terms(output: dict[str, Any]) -> dict[str, float]:
+    """Select the loss terms and the learning rate of a trainer output, for Stats and TensorBoard handlers."""
+    values = {key: float(output[key]) for key in LOSS_KEYS}
+    values["lr"] = float(output["lr"])
+    return values
+
+
+class JapcCheckpoint:
+    """The state of a bundle training run in japc's checkpoint layout, for MONAI's ``CheckpointSaver``.
+
+    ``state_dict()`` returns the dictionary that ``japc train`` writes: ``model``, ``optimizer``,
+    ``scheduler``, ``step``, ``stage``, ``calibration_enabled``, ``config`` and ``torch_rng``.
+    Given as the only entry of ``CheckpointSaver(save_dict=...)``, it becomes the whole file.
+    Attach it to the trainer (list it among the trainer's handlers), so that it can read the step.
+
+    Args:
+        network: the segmenter being trained (not a wrapper).
+        optimizer: the stage's optimiser.
+        lr_scheduler: the stage's learning-rate scheduler.
+        config: the run configuration.
+        stage: the stage being trained.
+    """
+
+    def __init__(
+        self,
+        network: FewShotSegmenter,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        config: RunConfig,
+        stage: Stage,
+    ) -> None:
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.config = config
+        self.stage = stage
+        self._engine: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Remember the trainer whose iteration count gives the step."""
+        self._engine = engine
+
+    @property
+    def step(self) -> int:
+        """Episodes drawn so far in the run, over all processes: the next step index."""
+        if self._engine is None:
+            raise JapcError("JapcCheckpoint is not attached to the trainer; list it in train#handlers.")
+        return self.stage.start + int(self._engine.state.iteration) * world_size()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the checkpoint dictionary (tensors and plain values only)."""
+        return {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "step": self.step,
+            "stage": self.stage.index,
+            "calibration_enabled": self.network.calibration_enabled,
+            "config": self.config.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+        }
