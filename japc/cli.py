@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from japc import __version__
@@ -218,10 +219,30 @@ def _run_demo(args: argparse.Namespace) -> None:
     run_demo(cache_dir=args.cache_dir, output_dir=args.output, iterations=args.iterations, echo=print)
 
 
+def _silence_optional_codec_messages() -> None:
+    """Hide MONAI's notice that the optional GPU DICOM codec (nvImageCodec) is not installed.
+
+    MONAI 1.6 logs it and warns on every import; it concerns no japc feature.
+    """
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+
+def _remove_if_created_empty(folder: Path | None, existed: bool) -> None:
+    """Remove an output folder that this command created and left empty because it failed."""
+    if folder is None or existed or not folder.is_dir():
+        return
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``japc`` command; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _silence_optional_codec_messages()
     level = logging.INFO
     if args.verbose:
         level = logging.DEBUG
@@ -236,16 +257,20 @@ def main(argv: list[str] | None = None) -> int:
         "report": _run_report,
         "demo": _run_demo,
     }
+    output = getattr(args, "output", None) if args.command in ("evaluate", "infer", "report") else None
+    output_existed = output is not None and Path(output).exists()
     try:
         runners[args.command](args)
     except KeyboardInterrupt:
         print(f"japc {args.command}: interrupted", file=sys.stderr)
+        _remove_if_created_empty(output, output_existed)
         return 130
     except Exception as error:
         cause = find_japc_error(error)
         if cause is None:
             raise
         print(f"japc {args.command}: error: {cause}", file=sys.stderr)
+        _remove_if_created_empty(output, output_existed)
         return 1
     return 0
 

@@ -18,6 +18,7 @@ def test_missing_checkpoint_gives_one_line_error(tmp_path: Path, capsys: pytest.
     assert error[-1].startswith("japc evaluate: error: Checkpoint file not found")
     assert "none.pt" in error[-1]
     assert "Traceback" not in "\n".join(error)
+    assert not (tmp_path / "o").exists()  # the failed command leaves no empty output folder
 
 
 def test_bad_config_key_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,7 @@ from japc.networks.factory import build_segmenter
 from japc.networks.segmenter import FewShotSegmenter
 from japc.pipeline.config import RunConfig, config_from_dict
 from japc.pipeline.devices import resolve_device
+from japc.pipeline.files import apply_default_mode
 
 __all__ = ["CHECKPOINT_FORMAT_VERSION", "save_checkpoint", "read_checkpoint", "load_model"]
 
@@ -44,6 +45,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             torch.save(state, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        apply_default_mode(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

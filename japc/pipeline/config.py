@@ -221,9 +221,21 @@ def _apply_override(content: dict[str, Any], override: str, source: str) -> None
     key, separator, raw_value = override.partition("=")
     if not separator or not key:
         raise ConfigError(f"Invalid override {override!r}; write it as section.key=value, e.g. training.iterations=200.")
+    parts = key.split(".")
+    if parts != ["output_dir"]:
+        section = _SECTIONS.get(parts[0])
+        if section is None or len(parts) != 2:
+            raise ConfigError(
+                f"Invalid override key {key!r} in --set {override!r}; use section.key with a section among "
+                f"{sorted(_SECTIONS)}, or output_dir."
+            )
+        valid = {f.name for f in dataclasses.fields(section)}
+        if parts[1] not in valid:
+            raise ConfigError(
+                f"Unknown key {parts[1]!r} in --set {override!r}; valid keys of section {parts[0]!r} are {sorted(valid)}."
+            )
     value = yaml.safe_load(raw_value) if raw_value else None
     target = content
-    parts = key.split(".")
     for part in parts[:-1]:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):

@@ -297,4 +297,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"Dice_m = {100 * summary['dice_mean']:.2f} % over {summary['num_supports']} support(s) and "
         f"{summary['num_queries']} query case(s); z-range: {summary['protocol']['z_range']}."
     )
+    empty = {rater: count for rater, count in summary.get("empty_pairs", {}).items() if count}
+    if empty:
+        counts = ", ".join(f"{rater} {count}" for rater, count in empty.items())
+        lines.append(
+            f"Pairs where a rater drew nothing and the prediction is empty too score 1.0: {counts} of "
+            f"{summary['num_rows'] // max(1, len(summary['raters']))} per rater."
+        )
     return "\n".join(lines)

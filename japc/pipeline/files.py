@@ -17,7 +17,7 @@ import numpy as np
 
 from japc.errors import JapcError
 
-__all__ = ["atomic_path", "atomic_write_text", "write_nifti_atomic", "ensure_writable_folder"]
+__all__ = ["atomic_path", "apply_default_mode", "atomic_write_text", "write_nifti_atomic", "ensure_writable_folder"]
 
 
 @contextlib.contextmanager
@@ -35,9 +35,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        apply_default_mode(temporary_path)
         os.replace(temporary_path, path)
     finally:
         temporary_path.unlink(missing_ok=True)
+
+
+def apply_default_mode(path: Path) -> None:
+    """Give ``path`` the mode a plainly created file gets (0666 minus the umask).
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; without this, every output
+    written through a temporary name would stay private.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -38,6 +38,16 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _count_empty_pairs(rows: list[dict[str, Any]], raters: list[str]) -> dict[str, int]:
+    if not rows or not all(key in rows[0] for key in ("tp", "fp", "fn")):
+        return {}
+    counts = {rater: 0 for rater in raters}
+    for row in rows:
+        if int(row["tp"]) + int(row["fp"]) + int(row["fn"]) == 0:
+            counts[row["rater"]] += 1
+    return counts
+
+
 def summarize_dice(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate per-case Dice rows into the tables of the evaluation protocol.
 
@@ -51,7 +61,9 @@ def summarize_dice(rows: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         ``{"dice": {class: {rater: value}}, "dice_class": {class: value},
         "dice_rater": {rater: value}, "dice_mean": value, "per_support": {support: Dice_m},
-        "num_supports": int, "num_queries": int, "num_rows": int}``.
+        "empty_pairs": {rater: count}, "num_supports": int, "num_queries": int, "num_rows": int}``.
+        ``empty_pairs`` counts the rows where both the prediction and the ground truth are empty
+        (scored 1.0); it is empty when the rows carry no ``tp``, ``fp`` and ``fn`` counts.
     """
     by_support: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in rows:
@@ -75,6 +87,7 @@ def summarize_dice(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "dice_rater": dice_rater,
         "dice_mean": _mean([v for c in classes for v in table[c].values()]),
         "per_support": {s: _mean(v) for s, v in sorted(per_support_values.items())},
+        "empty_pairs": _count_empty_pairs(rows, raters),
         "num_supports": len({row["support"] for row in rows}),
         "num_queries": len({row["query"] for row in rows}),
         "num_rows": len(rows),

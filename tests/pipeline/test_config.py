@@ -96,3 +96,12 @@ def test_setting_two_override_parses_class_list() -> None:
     config = load_config(REPO / "configs" / "curvas.yaml", ["data.setting=2", "data.test_classes=[pancreas, liver]"])
     assert config.data.setting == 2
     assert config.data.test_classes == ["pancreas", "liver"]
+
+
+def test_unknown_override_key_names_the_override(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("{}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["training.iteratons=5"])
+    assert "--set 'training.iteratons=5'" in str(error.value)
+    assert "iterations" in str(error.value)

@@ -140,3 +140,15 @@ def test_infer_on_imported_lidc_nodule(lidc_root: Path, trained_checkpoint: Path
         output = nib.load(path)
         assert output.shape == reference.shape
         assert np.array_equal(output.affine, reference.affine)
+
+
+def test_outputs_are_readable_by_others(trained_checkpoint: Path, synthetic_datalist: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    image, masks = _support(synthetic_datalist)
+    records = run_inference(trained_checkpoint, image, masks, [image], tmp_path / "out", label_value=1)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*records[0]["masks"].values(), records[0]["mean_probability"]]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
