@@ -1,0 +1,1 @@
+"""Tasks of the japc MONAI Label app."""
