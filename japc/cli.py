@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from japc import __version__
-from japc.errors import find_japc_error
+from japc.errors import find_japc_error, print_error_line
 
 __all__ = ["main", "build_parser"]
 
@@ -266,10 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         _remove_if_created_empty(output, output_existed)
         return 130
     except Exception as error:
-        cause = find_japc_error(error)
+        cause: BaseException | str | None = find_japc_error(error)
+        if cause is None and isinstance(error, OSError):
+            # A full disk or a folder that vanished: name the file without a traceback (shown with -v).
+            logger.debug("File operation failed", exc_info=error)
+            cause = f"{error}. Check the path, the free disk space and the permissions."
         if cause is None:
             raise
-        print(f"japc {args.command}: error: {cause}", file=sys.stderr)
+        print_error_line(f"japc {args.command}", cause)
         _remove_if_created_empty(output, output_existed)
         return 1
     return 0

@@ -6,7 +6,18 @@ that the command line can print it without a traceback.
 
 from __future__ import annotations
 
-__all__ = ["JapcError", "DatalistError", "InputImageError", "ConfigError", "CheckpointError", "find_japc_error"]
+import sys
+
+__all__ = [
+    "JapcError",
+    "DatalistError",
+    "InputImageError",
+    "ConfigError",
+    "CheckpointError",
+    "find_japc_error",
+    "print_error_line",
+    "install_excepthook",
+]
 
 
 class JapcError(Exception):
@@ -43,3 +54,35 @@ def find_japc_error(error: BaseException) -> JapcError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def print_error_line(program: str, error: BaseException | str) -> None:
+    """Print ``<program>: error: <error>`` on standard error, on a line of its own.
+
+    Progress bars that the error interrupted are closed first. The frames of the error's
+    traceback keep their loops alive, so they would otherwise close after the message.
+    """
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    print(f"{program}: error: {error}", file=sys.stderr)
+
+
+def install_excepthook(program: str) -> None:
+    """Print an uncaught error caused by a :class:`JapcError` as one line ``<program>: error: <message>``.
+
+    Other errors keep the previous hook's traceback. The process still exits with status 1. The
+    MONAI bundle installs this hook in its ``initialize`` step, because ``python -m monai.bundle``
+    would otherwise print MONAI's chain of wrapped errors for every invalid input.
+    """
+    previous = sys.excepthook
+
+    def print_japc_error(kind: type[BaseException], error: BaseException, traceback) -> None:
+        cause = find_japc_error(error)
+        if cause is None:
+            previous(kind, error, traceback)
+            return
+        print_error_line(program, cause)
+
+    sys.excepthook = print_japc_error

@@ -6,8 +6,9 @@ folder to ``sys.path``). They live in four modules, one per concept:
 
 - :mod:`japc.pipeline.bundle_config`: run configurations and networks from the bundle's
   settings and from checkpoints;
-- :mod:`japc.pipeline.bundle_training`: the episodic trainer, its loss module and japc's
-  checkpoint layout for MONAI's ``CheckpointSaver``;
+- :mod:`japc.pipeline.bundle_training`: the episodic trainer, its loss module, japc's
+  checkpoint layout for MONAI's ``CheckpointSaver``, an atomic ``CheckpointSaver`` and the
+  engine handler that stops on japc's errors without a traceback;
 - :mod:`japc.pipeline.bundle_metrics`: per-rater Dice for ``IgniteMetricHandler`` and japc's
   Dice tables;
 - :mod:`japc.pipeline.bundle_evaluation` and :mod:`japc.pipeline.bundle_inference`: the
@@ -21,6 +22,7 @@ from __future__ import annotations
 from japc.pipeline.bundle_config import build_network, bundle_run_config, checkpoint_run_config, load_checkpoint_state
 from japc.pipeline.bundle_evaluation import SupportQueryInferer, SupportQueryPairs, unwrap_segmenter
 from japc.pipeline.bundle_inference import (
+    AtomicNibabelWriter,
     LoadQueryd,
     SaveRaterMasksd,
     SupportSetInferer,
@@ -29,9 +31,11 @@ from japc.pipeline.bundle_inference import (
 )
 from japc.pipeline.bundle_metrics import DiceTableSaver, PerRaterDiceMetric, pair_metadata, pair_name, per_rater_dice
 from japc.pipeline.bundle_training import (
+    AtomicCheckpointSaver,
     EpisodeLoss,
     EpisodeTrainer,
     JapcCheckpoint,
+    JapcErrorHandler,
     TrainingStageSetup,
     episode_loader,
     loss_terms,
@@ -51,6 +55,8 @@ __all__ = [
     "episode_loader",
     "EpisodeTrainer",
     "JapcCheckpoint",
+    "AtomicCheckpointSaver",
+    "JapcErrorHandler",
     "loss_terms",
     "per_rater_dice",
     "PerRaterDiceMetric",
@@ -64,5 +70,6 @@ __all__ = [
     "query_datalist",
     "LoadQueryd",
     "SupportSetInferer",
+    "AtomicNibabelWriter",
     "SaveRaterMasksd",
 ]

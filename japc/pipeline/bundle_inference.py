@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor, decollate_batch, list_data_collate
+from monai.data import MetaTensor, NibabelWriter, decollate_batch, list_data_collate
 from monai.inferers import Inferer
 from monai.transforms import MapTransform, SaveImage
 from torch import nn
@@ -26,7 +26,14 @@ from torch import nn
 from japc.errors import InputImageError
 from japc.pipeline.bundle_evaluation import unwrap_segmenter
 from japc.pipeline.config import RunConfig
-from japc.pipeline.inference import find_query_files, load_query, prepare_support, segment_query
+from japc.pipeline.files import atomic_path
+from japc.pipeline.inference import (
+    check_query_files,
+    check_support_files,
+    load_query,
+    prepare_support,
+    segment_query,
+)
 from japc.pipeline.support import SupportSet
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "query_datalist",
     "LoadQueryd",
     "SupportSetInferer",
+    "AtomicNibabelWriter",
     "SaveRaterMasksd",
 ]
 
@@ -53,15 +61,22 @@ def rater_ids(raters: Sequence[str] | None, support_masks: Sequence[str]) -> lis
 
 
 def query_datalist(queries: str | Path | Sequence[str | Path]) -> list[dict[str, str]]:
-    """List the query images of files and folders as MONAI data items ``{"image": path}``."""
+    """List the query images of files and folders as MONAI data items ``{"image": path}``.
+
+    Every query is loaded and checked here, before the evaluator starts, so that an invalid
+    query stops the run before any mask is written.
+
+    Raises:
+        InputImageError: a missing, unreadable or invalid query, named with its path.
+    """
     inputs = [queries] if isinstance(queries, (str, Path)) else list(queries)
-    return [{"image": str(path)} for path in find_query_files(inputs)]
+    return [{"image": str(path)} for path in check_query_files(inputs)]
 
 
 class LoadQueryd(MapTransform):
     """Load query images as ``japc infer`` does: ``[1, H, W, D]`` MetaTensors (2D images get D = 1).
 
-    NaN or infinite intensities and unreadable files raise :class:`~japc.errors.DatalistError`
+    NaN or infinite intensities and unreadable files raise :class:`~japc.errors.InputImageError`
     naming the file. The key ``was_2d`` records whether the file had two spatial dimensions.
     """
 
@@ -78,8 +93,10 @@ class LoadQueryd(MapTransform):
 class SupportSetInferer(Inferer):
     """Segment query volumes in the style of every rater of one support scan.
 
-    The support is encoded with the network on the first call (after MONAI's
-    ``CheckpointLoader`` has loaded the weights) and reused for every query.
+    The support files are loaded and checked when the inferer is built, so that a bad support
+    stops the run before the evaluator starts. The support is encoded with the network on the
+    first call (after MONAI's ``CheckpointLoader`` has loaded the weights) and reused for every
+    query.
 
     Args:
         config: run configuration of the checkpoint (preprocessing).
@@ -107,6 +124,7 @@ class SupportSetInferer(Inferer):
         self.support_masks = list(support_masks)
         self.raters = rater_ids(raters, self.support_masks)
         self.label_value = label_value
+        check_support_files(support_image, self.support_masks, self.raters, label_value)
         self.num_chunks = num_chunks
         self.batch_size = batch_size
         self.support: SupportSet | None = None
@@ -144,12 +162,25 @@ def _first_item(batch: torch.Tensor) -> MetaTensor:
     return decollate_batch(batch, detach=False)[0]
 
 
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` that writes to a temporary name in the target folder, then renames.
+
+    A run killed while it writes leaves the previous file or the complete new one, never a
+    truncated NIfTI file.
+    """
+
+    def write(self, filename: str | Path, verbose: bool = False, **obj_kwargs: Any) -> None:
+        """Write the NIfTI file ``filename`` (``.nii`` or ``.nii.gz``) atomically."""
+        with atomic_path(filename) as temporary:
+            super().write(temporary, verbose=verbose, **obj_kwargs)
+
+
 class SaveRaterMasksd(MapTransform):
     """Write one binary mask per rater, and the mean foreground probability, on the query's grid.
 
     The input is the probability map ``[R, H, W, D]`` of one query (a MetaTensor with the
-    query's metadata). Files, written by MONAI's ``SaveImage`` with ``NibabelWriter`` and no
-    resampling (the data already lies on the query's grid):
+    query's metadata). Files, written by MONAI's ``SaveImage`` with :class:`AtomicNibabelWriter`
+    and no resampling (the data already lies on the query's grid):
 
     - ``<output_dir>/<query>/<query>_<rater>.nii.gz``: uint8 mask, probability above ``threshold``;
     - ``<output_dir>/<query>/<query>_mean_probability.nii.gz``: float32 mean over raters.
@@ -183,7 +214,7 @@ class SaveRaterMasksd(MapTransform):
             output_ext=output_ext,
             resample=False,
             separate_folder=True,
-            writer="NibabelWriter",
+            writer=AtomicNibabelWriter,
             print_log=False,
         )
         self._mask_writers = [SaveImage(output_postfix=rater, output_dtype=np.uint8, **common) for rater in self.raters]

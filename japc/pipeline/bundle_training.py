@@ -11,19 +11,23 @@ loss is :func:`~japc.pipeline.training.training_step`, and checkpoints have japc
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver
 from torch import nn
 from torch.utils.data import DataLoader
 
-from japc.errors import ConfigError, JapcError
+from japc.errors import ConfigError, JapcError, find_japc_error
 from japc.networks.segmenter import FewShotSegmenter
-from japc.pipeline.checkpoints import CHECKPOINT_FORMAT_VERSION, read_checkpoint
+from japc.pipeline.checkpoints import CHECKPOINT_FORMAT_VERSION, read_checkpoint, save_checkpoint
 from japc.pipeline.config import RunConfig
 from japc.pipeline.ddp import EpisodeStepSampler, is_distributed, rank, world_size
 from japc.pipeline.training import EpisodeDataset, EpisodicTrainer, Stage, plan_stages, training_step
@@ -36,6 +40,8 @@ __all__ = [
     "episode_loader",
     "EpisodeTrainer",
     "JapcCheckpoint",
+    "AtomicCheckpointSaver",
+    "JapcErrorHandler",
     "loss_terms",
 ]
 
@@ -211,7 +217,7 @@ class EpisodeTrainer(SupervisedTrainer):
         total = terms["segmentation"] + terms["alignment"] + terms["calibration"]
         if not torch.isfinite(total):
             raise JapcError(
-                f"The training loss became {float(total)} at step {episode['step']} (case {episode['case']}, slice "
+                f"The training loss became {float(total.detach())} at step {episode['step']} (case {episode['case']}, slice "
                 f"{episode['slice_index']}); training stopped. Lower --japc#training#learning_rate or check the "
                 "intensity normalisation of the training images."
             )
@@ -295,3 +301,67 @@ class JapcCheckpoint:
             "torch_rng": torch.get_rng_state(),
             "format_version": CHECKPOINT_FORMAT_VERSION,
         }
+
+
+class _AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler that writes through :func:`save_checkpoint` (temporary file, fsync, rename).
+
+    Args:
+        dirname: folder of the checkpoint files.
+        filename: fixed file name that replaces the one Ignite chooses, or None.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        self.dirname = Path(dirname)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        save_checkpoint(dict(checkpoint), self.dirname / (self.filename or filename))
+
+    def remove(self, filename: str) -> None:
+        # Ignite removes the previous file before it saves the next. A fixed name is replaced by
+        # that save, so keeping the previous file until then leaves a checkpoint at every moment.
+        if self.filename is None:
+            (self.dirname / filename).unlink(missing_ok=True)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files are written to a temporary name and then renamed.
+
+    MONAI 1.6.1 builds its savers with Ignite's ``DiskSaver(atomic=False)``, so a process killed
+    while saving leaves a truncated file in place of the previous checkpoint. This subclass
+    takes the same arguments and writes every file through japc's :func:`save_checkpoint`. A
+    fixed file name (``final_filename``, ``key_metric_filename``) keeps the previous file until
+    the new one replaces it.
+
+    NOTE: it replaces the ``save_handler`` of the private ``_final_checkpoint``,
+    ``_key_metric_checkpoint`` and ``_interval_checkpoint`` attributes of MONAI 1.6.1.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                fixed_name = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, fixed_name)
+
+
+class JapcErrorHandler:
+    """Stop an engine on a :class:`JapcError` without the traceback that MONAI's ``StatsHandler`` logs.
+
+    Ignite calls the ``EXCEPTION_RAISED`` handlers in order and stops at the first that raises,
+    so list this handler before ``StatsHandler``. An error caused by a :class:`JapcError` is
+    re-raised as it is: Ignite has already logged its message, and the bundle's exception hook
+    (:func:`japc.errors.install_excepthook`) prints it as one line. Any other error is logged
+    with its traceback, as ``StatsHandler`` does, and re-raised.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler for ``Events.EXCEPTION_RAISED``."""
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
+
+    def exception_raised(self, engine: Engine, error: Exception) -> None:
+        """Re-raise ``error``; log its traceback first unless a :class:`JapcError` caused it."""
+        if find_japc_error(error) is None:
+            logger.exception("Exception: %s", error)
+        raise error

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
+from pydicom.errors import InvalidDicomError
 
 from japc.errors import DatalistError
 
@@ -58,6 +60,11 @@ RESERVED_KEYS = ("name", "description", "modality", "labels", "raters", "licence
 _CASE_KEYS = ("case", "subject", "image", "label")
 _MAX_LISTED_VALUES = 10
 
+# A step between neighbouring DICOM slices larger than this multiple of the series' smallest
+# step means that slices are missing.
+_DICOM_GAP_FACTOR = 1.5
+_DICOM_TAGS = ["SeriesInstanceUID", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient"]
+
 
 @dataclass
 class MultiRaterDatalist:
@@ -75,6 +82,9 @@ class MultiRaterDatalist:
         description: free text about the dataset.
         licence: licence terms shown to users.
         citation: references to cite when using the data.
+        origin: what error messages name instead of the datalist file, for cases built from
+            files given on the command line (for example ``"Inference input"``). Empty for a
+            datalist read from a file.
     """
 
     path: Path
@@ -86,6 +96,7 @@ class MultiRaterDatalist:
     description: str = ""
     licence: str = ""
     citation: str = ""
+    origin: str = ""
 
     @property
     def label_values(self) -> list[int]:
@@ -229,11 +240,15 @@ def check_case(
     Checks, in this order:
 
     1. Every file exists.
-    2. MONAI's ``LoadImage`` reads every file.
-    3. The image and every label have one channel.
-    4. The image has no NaN or infinite intensity.
-    5. Each label has the image's spatial shape, and its affine is within ``affine_tolerance``.
-    6. Each label contains only integer values that the datalist's ``labels`` declares.
+    2. A DICOM folder contains one series (one SeriesInstanceUID) without missing slices: no step
+       between neighbouring slice positions exceeds 1.5 times the series' smallest step (or,
+       without positions, no instance number is skipped), and no two files share a position.
+    3. MONAI's ``LoadImage`` reads every file, and every file has at least one voxel.
+    4. The image and every label have one channel.
+    5. The image has no NaN or infinite intensity.
+    6. Each label has the image's spatial shape (so a 2D mask for a 3D image fails), and its
+       affine is within ``affine_tolerance``.
+    7. Each label contains only integer values that the datalist's ``labels`` declares.
 
     2D images (PNG, 2D NIfTI) become volumes with D = 1 and keep a 4x4 affine. PNG files are
     read by MONAI's PIL reader, which returns ``[W, H]`` (columns first), so images and labels
@@ -280,8 +295,10 @@ def check_case(
 
     label_maps = []
     for rater, label_path in label_paths.items():
-        label, _ = _load_volume(datalist, case_id, label_path, f"label of rater {rater}")
-        _check_geometry(datalist, case_id, image_path, image, label_path, label, affine_tolerance)
+        label, label_was_2d = _load_volume(datalist, case_id, label_path, f"label of rater {rater}")
+        _check_geometry(
+            datalist, case_id, (image_path, image, was_2d), (label_path, label, label_was_2d), affine_tolerance
+        )
         _check_label_values(datalist, case_id, label_path, label, allow_any_labels)
         label_maps.append(label.as_tensor()[0])
     labels = _stack_label_maps(label_maps, image, datalist, label_paths)
@@ -542,7 +559,8 @@ def _loader() -> LoadImage:
 
 
 def _case_error(datalist: MultiRaterDatalist, case_id: str, problem: str, action: str) -> DatalistError:
-    return DatalistError(f"Datalist {datalist.path}, case {case_id!r}: {problem}. {action}")
+    source = datalist.origin or f"Datalist {datalist.path}"
+    return DatalistError(f"{source}, case {case_id!r}: {problem}. {action}")
 
 
 def _check_files_exist(
@@ -563,6 +581,8 @@ def _load_volume(datalist: MultiRaterDatalist, case_id: str, path: Path, role: s
     Returns:
         The volume and whether the file had two spatial dimensions.
     """
+    if path.is_dir():
+        _check_dicom_folder(datalist, case_id, path, role)
     try:
         volume = _loader()(str(path))
     except Exception as error:  # noqa: BLE001 - readers raise many unrelated types (nibabel, PIL, ITK, zlib)
@@ -572,6 +592,12 @@ def _load_volume(datalist: MultiRaterDatalist, case_id: str, path: Path, role: s
             "re-export or re-download it.",
         ) from error
 
+    if volume.numel() == 0:
+        shape = tuple(int(size) for size in volume.meta.get("spatial_shape", volume.shape))
+        raise _case_error(
+            datalist, case_id, f"{role} {path} contains no voxels (spatial shape {shape})",
+            "Every dimension needs at least one voxel. Re-export the file.",
+        )
     if volume.shape[0] != 1:
         raise _case_error(
             datalist, case_id,
@@ -588,6 +614,103 @@ def _load_volume(datalist: MultiRaterDatalist, case_id: str, path: Path, role: s
             "japc reads 2D or 3D images.",
         )
     return volume, False
+
+
+def _check_dicom_folder(datalist: MultiRaterDatalist, case_id: str, folder: Path, role: str) -> None:
+    """Reject a DICOM folder with several series, missing slices or two files at one position.
+
+    MONAI's readers would silently read only one of several series, and would stack slices
+    around a gap with a wrong slice spacing. Files that are not DICOM, or carry no
+    SeriesInstanceUID (such as a DICOMDIR index), are ignored here.
+    """
+    headers = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_DICOM_TAGS)
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        if header.get("SeriesInstanceUID") is not None:
+            headers.append((path, header))
+    if not headers:
+        return
+
+    series: dict[str, int] = {}
+    for _, header in headers:
+        uid = str(header.SeriesInstanceUID)
+        series[uid] = series.get(uid, 0) + 1
+    if len(series) > 1:
+        listed = "; ".join(f"{uid} ({count} files)" for uid, count in series.items())
+        raise _case_error(
+            datalist, case_id, f"{role} folder {folder} contains {len(series)} DICOM series: {listed}",
+            "Move each series into a folder of its own and give the folder of the series you want.",
+        )
+
+    positions = _dicom_slice_positions(headers)
+    if positions is not None:
+        _check_dicom_positions(datalist, case_id, folder, role, positions)
+        return
+    numbers = [header.get("InstanceNumber") for _, header in headers]
+    if all(number is not None for number in numbers):
+        _check_dicom_instance_numbers(datalist, case_id, folder, role, sorted(int(n) for n in numbers))
+
+
+def _dicom_slice_positions(headers: list[tuple[Path, Any]]) -> list[tuple[float, Path]] | None:
+    """Return (position along the slice normal in mm, file) per file, sorted; None without geometry tags."""
+    positions = []
+    for path, header in headers:
+        position = header.get("ImagePositionPatient")
+        orientation = header.get("ImageOrientationPatient")
+        if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
+            return None
+        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        positions.append((float(np.dot(normal, np.asarray(position, float))), path))
+    return sorted(positions, key=lambda item: item[0])
+
+
+def _check_dicom_positions(
+    datalist: MultiRaterDatalist, case_id: str, folder: Path, role: str, positions: list[tuple[float, Path]]
+) -> None:
+    if len(positions) < 2:
+        return
+    values = np.array([position for position, _ in positions])
+    steps = np.diff(values)
+    duplicate = int(np.argmin(steps))
+    if steps[duplicate] < 1e-3:
+        raise _case_error(
+            datalist, case_id,
+            f"{role} folder {folder} has two DICOM files at slice position {values[duplicate]:.3f} mm "
+            f"({positions[duplicate][1].name} and {positions[duplicate + 1][1].name})",
+            "Remove the duplicate file or split the folder into one folder per series.",
+        )
+    smallest = float(steps.min())
+    gaps = [i for i, step in enumerate(steps) if step > _DICOM_GAP_FACTOR * smallest]
+    if gaps:
+        listed = ", ".join(f"{values[i]:.3f} to {values[i + 1]:.3f} mm" for i in gaps[:_MAX_LISTED_VALUES])
+        raise _case_error(
+            datalist, case_id,
+            f"{role} folder {folder} misses DICOM slices or has uneven slice spacing: the slice positions "
+            f"jump from {listed} although the series' smallest step is {smallest:.3f} mm",
+            "Restore the missing slice files, or resample the series to even spacing and export it again.",
+        )
+
+
+def _check_dicom_instance_numbers(
+    datalist: MultiRaterDatalist, case_id: str, folder: Path, role: str, numbers: list[int]
+) -> None:
+    skipped = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if skipped or repeated:
+        problem = (
+            f"skips instance number(s) {_format_values(skipped)}"
+            if skipped
+            else f"repeats instance number(s) {_format_values(repeated)}"
+        )
+        raise _case_error(
+            datalist, case_id,
+            f"{role} folder {folder} {problem} between {numbers[0]} and {numbers[-1]}, and its files "
+            "carry no slice positions to check instead",
+            "Restore the missing slice files, or export the series again.",
+        )
 
 
 def _as_single_slice_volume(image: MetaTensor) -> MetaTensor:
@@ -618,13 +741,22 @@ def _check_finite(datalist: MultiRaterDatalist, case_id: str, path: Path, image:
 def _check_geometry(
     datalist: MultiRaterDatalist,
     case_id: str,
-    image_path: Path,
-    image: MetaTensor,
-    label_path: Path,
-    label: MetaTensor,
+    image_item: tuple[Path, MetaTensor, bool],
+    label_item: tuple[Path, MetaTensor, bool],
     affine_tolerance: float,
 ) -> None:
+    """Compare the shape and affine of a label with its image; items are (path, volume, was_2d)."""
+    image_path, image, image_was_2d = image_item
+    label_path, label, label_was_2d = label_item
     if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+        if label_was_2d != image_was_2d:
+            label_kind, image_kind = ("2D", "3D") if label_was_2d else ("3D", "2D")
+            raise _case_error(
+                datalist, case_id,
+                f"label {label_path} is {label_kind} (spatial shape {tuple(label.shape[1:])}) but image "
+                f"{image_path} is {image_kind} (spatial shape {tuple(image.shape[1:])})",
+                f"Give a {image_kind} label on the image grid.",
+            )
         raise _case_error(
             datalist, case_id,
             f"label {label_path} has spatial shape {tuple(label.shape[1:])} but image {image_path} "

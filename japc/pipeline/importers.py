@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from japc.errors import ConfigError, DatalistError
 from japc.pipeline.datalist import write_datalist
-from japc.pipeline.files import write_nifti_atomic
+from japc.pipeline.files import ensure_writable_folder, write_nifti_atomic
 
 __all__ = [
     "import_lidc",
@@ -134,17 +134,17 @@ def import_lidc(
     output = Path(output).expanduser().absolute()
     nodules = _find_lidc_nodules(source)
     raters = _lidc_mask_folders(nodules[0][2])
+    ensure_writable_folder(output)
     logger.info("Importing %d LIDC nodules from %s into %s", len(nodules), source, output)
+
+    # Read and check every nodule before writing the first file, so that a damaged nodule leaves
+    # the output folder as it was. Each nodule is read twice, one at a time.
+    for subject, nodule_number, folder in tqdm(nodules, desc="checking nodules", unit="nodule", disable=not progress):
+        _read_lidc_nodule(folder, _lidc_nodule_raters(folder, raters, nodules[0][2]))
 
     split_cases: dict[str, list[dict]] = {name: [] for name in (splits or {})}
     identity = np.eye(4)
     for subject, nodule_number, folder in tqdm(nodules, desc="LIDC nodules", unit="nodule", disable=not progress):
-        nodule_raters = _lidc_mask_folders(folder)
-        if nodule_raters != raters:
-            raise DatalistError(
-                f"LIDC nodule folder {folder} has mask folders for raters {_list_numbers(nodule_raters)}, "
-                f"but {nodules[0][2]} has {_list_numbers(raters)}. Every nodule needs the same mask-R folders."
-            )
         volume, masks = _read_lidc_nodule(folder, raters)
         case_id = f"{subject}_nodule-{nodule_number}"
         image_path = write_nifti_atomic(volume, identity, output / "images" / f"{case_id}.nii.gz")
@@ -233,7 +233,13 @@ def import_qubiq(
         )
     tasks = list(tasks) if tasks else sorted(_qubiq_segmentations(cases[0][2]))
     raters = _qubiq_raters(cases[0][2], tasks)
+    ensure_writable_folder(output)
     logger.info("Importing %d QUBIQ cases from %s, tasks %s, %d raters", len(cases), source, tasks, len(raters))
+
+    # Read and check every case before writing the first file, so that a damaged case leaves the
+    # output folder as it was. Each case is read twice, one at a time.
+    for _, _, folder in tqdm(cases, desc="checking cases", unit="case", disable=not progress):
+        _read_qubiq_case(folder, tasks, raters)
 
     split_cases: dict[str, list[dict]] = {name: [] for name in (splits or {})}
     for case_id, folder_split, folder in tqdm(cases, desc="QUBIQ cases", unit="case", disable=not progress):
@@ -327,6 +333,17 @@ def _lidc_mask_folders(nodule_folder: Path) -> list[int]:
             "mask folder per rater."
         )
     return raters
+
+
+def _lidc_nodule_raters(folder: Path, raters: list[int], first_folder: Path) -> list[int]:
+    """Return the rater numbers of a nodule, which must equal ``raters`` (those of ``first_folder``)."""
+    nodule_raters = _lidc_mask_folders(folder)
+    if nodule_raters != raters:
+        raise DatalistError(
+            f"LIDC nodule folder {folder} has mask folders for raters {_list_numbers(nodule_raters)}, "
+            f"but {first_folder} has {_list_numbers(raters)}. Every nodule needs the same mask-R folders."
+        )
+    return nodule_raters
 
 
 def _slice_numbers(folder: Path) -> dict[int, Path]:

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Compose
 from tqdm.auto import tqdm
 
-from japc.errors import InputImageError
+from japc.errors import DatalistError, InputImageError
 from japc.networks.segmenter import FewShotSegmenter
 from japc.pipeline.checkpoints import load_model
 from japc.pipeline.config import RunConfig
@@ -36,24 +37,109 @@ from japc.pipeline.preprocessing import case_preprocessing, intensity_preprocess
 from japc.pipeline.protocol import assign_chunks
 from japc.pipeline.support import SupportSet, encode_slices, encode_support
 
-__all__ = ["prepare_support", "segment_query", "run_inference", "find_query_files"]
+__all__ = [
+    "check_support_files",
+    "prepare_support",
+    "load_query",
+    "segment_query",
+    "run_inference",
+    "find_query_files",
+    "check_query_files",
+]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png")
 
 
-def _support_case(image: Path, masks: list[Path], raters: list[str], label_value: int) -> tuple[dict, MultiRaterDatalist]:
+def _check_input(role: str, image: Path, masks: list[Path], raters: list[str], label_value: int) -> dict:
+    """Load and check an inference input with :func:`check_case`; ``role`` is ``support`` or ``query``.
+
+    Raises:
+        InputImageError: the message of :func:`check_case`'s error, naming the role, file and value.
+    """
     datalist = MultiRaterDatalist(
-        path=image.parent / "support",
-        name="support",
+        path=image.parent / role,
+        name=role,
         modality="",
         classes={"foreground": label_value},
         raters=raters,
         splits={},
+        origin="Inference input",
     )
-    case = {"case": "support", "subject": "support", "image": str(image), "label": dict(zip(raters, map(str, masks)))}
-    return case, datalist
+    case = {"case": role, "subject": role, "image": str(image), "label": dict(zip(raters, map(str, masks)))}
+    try:
+        return check_case(case, datalist, allow_any_labels=True)
+    except DatalistError as error:
+        raise InputImageError(str(error)) from error
+
+
+def _normalised_volume(config: RunConfig, volume: MetaTensor, spatial: Compose | None = None) -> MetaTensor:
+    """Resize and normalise a loaded image ``[1, H, W, D]`` for the network; ``[1, h, w, D]`` float32.
+
+    Raises:
+        InputImageError: see :func:`_check_normalised`.
+    """
+    spatial = spatial_transforms(config.preprocessing, label_key=None) if spatial is None else spatial
+    resized = spatial({"image": volume})["image"]
+    if resized.untyped_storage().data_ptr() == volume.untyped_storage().data_ptr():
+        # The spatial steps changed nothing and returned a view of the input, and the intensity
+        # steps work in place, so copy first to leave the caller's volume unchanged.
+        resized = resized.clone()
+    prepared = intensity_preprocessing(config.preprocessing)({"image": resized})["image"]
+    _check_normalised(prepared, volume)
+    return prepared
+
+
+def _check_normalised(prepared: torch.Tensor, volume: torch.Tensor) -> None:
+    """Raise InputImageError when normalisation turned the finite ``volume`` into NaN or infinite values.
+
+    This happens for finite intensities close to the float32 limit (about 3.4e38).
+    """
+    if bool(torch.isfinite(prepared).all()):
+        return
+    source = volume.meta.get("filename_or_obj", "<image>") if isinstance(volume, MetaTensor) else "<image>"
+    raise InputImageError(
+        f"Intensity normalisation of {source} gave NaN or infinite values (largest absolute intensity "
+        f"{float(volume.abs().max()):.3g}). Rescale the image to a smaller intensity range, for example "
+        "by dividing it by 1e6."
+    )
+
+
+def check_support_files(
+    image: str | Path, masks: list[str | Path], raters: list[str] | None = None, label_value: int | None = None
+) -> None:
+    """Load and check the support image and its rater masks without a model.
+
+    The checks are those of :func:`prepare_support` before encoding, so that a pipeline can
+    reject a bad support before it loads weights or reads any query.
+
+    Raises:
+        InputImageError: as :func:`prepare_support`, except that a mask whose class vanishes
+            only when it is resized to the network size passes here.
+    """
+    image, mask_paths = Path(image), [Path(m) for m in masks]
+    raters = _support_raters(raters, mask_paths)
+    loaded = _check_input("support", image, mask_paths, raters, 1 if label_value is None else label_value)
+    label = torch.as_tensor(loaded["label"])
+    if not bool((label > 0 if label_value is None else label == label_value).any()):
+        raise InputImageError(_absent_class_message(mask_paths, label_value))
+
+
+def _support_raters(raters: list[str] | None, mask_paths: list[Path]) -> list[str]:
+    """Return ``raters``, or ``rater-0`` ... for the masks; raise InputImageError when the counts differ."""
+    raters = raters or [f"rater-{r}" for r in range(len(mask_paths))]
+    if len(raters) != len(mask_paths):
+        raise InputImageError(f"{len(mask_paths)} support masks were given for {len(raters)} rater ids {raters}; give one id per mask.")
+    return raters
+
+
+def _absent_class_message(mask_paths: list[Path], label_value: int | None) -> str:
+    value = "any non-zero value" if label_value is None else f"value {label_value}"
+    return (
+        f"No support mask marks the class ({value}) in {[str(m) for m in mask_paths]}; "
+        "check --label-value or give masks that contain the structure."
+    )
 
 
 @torch.inference_mode()
@@ -84,24 +170,19 @@ def prepare_support(
         The encoded support and the rater ids.
 
     Raises:
-        InputImageError: unreadable files, geometry mismatch, or a class absent from every mask.
+        InputImageError: unreadable files, geometry mismatch, intensities that normalisation
+            turns into NaN, or a class absent from every mask.
     """
     image, mask_paths = Path(image), [Path(m) for m in masks]
-    raters = raters or [f"rater-{r}" for r in range(len(mask_paths))]
-    if len(raters) != len(mask_paths):
-        raise InputImageError(f"{len(mask_paths)} support masks were given for {len(raters)} rater ids {raters}; give one id per mask.")
-    case, datalist = _support_case(image, mask_paths, raters, 1 if label_value is None else label_value)
-    loaded = check_case(case, datalist, allow_any_labels=True)
+    raters = _support_raters(raters, mask_paths)
+    loaded = _check_input("support", image, mask_paths, raters, 1 if label_value is None else label_value)
     data = case_preprocessing(config.preprocessing)(loaded)
+    _check_normalised(torch.as_tensor(data["image"]), loaded["image"])
     label = torch.as_tensor(data["label"])
     binary = label > 0 if label_value is None else label == label_value
     support = encode_support(model, torch.as_tensor(data["image"]), binary, num_chunks, batch_size=batch_size)
     if support is None:
-        value = "any non-zero value" if label_value is None else f"value {label_value}"
-        raise InputImageError(
-            f"No support mask marks the class ({value}) in {[m.name for m in mask_paths]}; "
-            "check --label-value or give masks that contain the structure."
-        )
+        raise InputImageError(_absent_class_message(mask_paths, label_value))
     empty = [raters[r] for r in range(len(raters)) if not bool(binary[r].any())]
     if empty:
         logger.warning("Support masks of rater(s) %s are empty for the class; their predictions will be empty", empty)
@@ -109,9 +190,13 @@ def prepare_support(
 
 
 def load_query(path: str | Path) -> tuple[MetaTensor, bool]:
-    """Load a query image as ``[1, H, W, D]``; returns it and whether the file was 2D."""
-    case, datalist = _support_case(Path(path), [], [], 1)
-    loaded = check_case(case, datalist, allow_any_labels=True)
+    """Load a query image as ``[1, H, W, D]``; returns it and whether the file was 2D.
+
+    Raises:
+        InputImageError: the file is missing, unreadable, empty, multi-channel, or has NaN or
+            infinite intensities.
+    """
+    loaded = _check_input("query", Path(path), [], [], 1)
     image = loaded["image"]
     return image, bool(loaded.get("was_2d", False))
 
@@ -141,13 +226,23 @@ def segment_query(
         averaging), as a MetaTensor with the query's affine.
 
     Note:
-        Memory: besides the query itself, the peak holds the preprocessed volume at the network
-        size (float32), the probabilities at the network size (R float32 maps), one rater's
-        probabilities on the original grid in float32 while it is mapped back, and the float16
-        result (R maps on the original grid). Encoder activations scale with ``batch_size``.
+        Memory bound. Loading the query (:func:`load_query`) and segmenting it raise the peak
+        resident memory of a process that already contains the model and the encoded support by at
+        most ``M = 12 H W D + 2 R H W D + 4 h w D' (R + 2) + B h w (3 E + 16 R)`` bytes. Here
+        ``H, W, D`` is the query's grid, ``h, w`` is ``preprocessing.spatial_size``, ``D'`` the
+        number of slices after preprocessing (``D`` unless ``slice_spacing`` resamples them),
+        ``R`` the number of raters, ``B`` is ``batch_size``, and ``E`` is the encoder's largest
+        activation in bytes per input pixel (output channels x 4 / stride^2 over its layers: 64
+        for ``resnet18`` and 128 for ``deeplabv3_resnet101`` at output stride 8, 96 for
+        ``efficientnet_lite0``). The terms are the float32 query plus two float32 copies of one
+        rater's map while it is mapped back to the query grid, the float16 result, the float32
+        maps at the network size (R probability maps, the resized and the normalised volume),
+        and per batch a layer's input, output and one temporary plus the logits and their
+        softmax. A 512 x 512 x 300 CT at 256 x 256 with R = 3, B = 16 and ``resnet18`` gives
+        M = 2.1 GB. ``tests/reliability/test_memory_bound.py`` measures it on smaller volumes.
     """
     spatial = spatial_transforms(config.preprocessing, label_key=None)
-    prepared = intensity_preprocessing(config.preprocessing)(spatial({"image": image}))["image"]
+    prepared = _normalised_volume(config, image, spatial)
     depth = prepared.shape[-1]
     first, last = query_range if query_range is not None else (0, depth - 1)
     if not 0 <= first <= last < depth:
@@ -195,6 +290,22 @@ def find_query_files(inputs: list[str | Path]) -> list[Path]:
     return found
 
 
+def check_query_files(inputs: list[str | Path]) -> list[Path]:
+    """Expand ``inputs`` with :func:`find_query_files` and load and check every query once.
+
+    Every query is checked before the first is segmented, so an unreadable or invalid file
+    stops the run before any mask is written. Each file is read twice (here and when it is
+    segmented), one at a time.
+
+    Raises:
+        InputImageError: a missing, unreadable or invalid query, named with its path.
+    """
+    files = find_query_files(inputs)
+    for path in files:
+        load_query(path)
+    return files
+
+
 def _is_dicom_folder(folder: Path) -> bool:
     return any(p.suffix.lower() == ".dcm" for p in folder.iterdir())
 
@@ -239,7 +350,7 @@ def run_inference(
     output_dir = ensure_writable_folder(output_dir)
     model, config, _ = load_model(checkpoint, device)
     support, raters = prepare_support(model, config, support_image, support_masks, raters, label_value, batch_size=batch_size)
-    query_files = find_query_files(queries)
+    query_files = check_query_files(queries)
     records = []
     for query_path in tqdm(query_files, desc="inference", unit="query"):
         image, was_2d = load_query(query_path)

@@ -121,3 +121,16 @@ def test_setting_one_draws_test_class_slices(synthetic_datalist: Path, tmp_path:
     dataset = EpisodeDataset(volumes, num_raters=1, pseudo_styles=False, seed=0)
     drawn = {(dataset[step]["case"], dataset[step]["slice_index"]) for step in range(200)}
     assert drawn & blob_slices
+
+
+def test_episodes_never_have_empty_masks(synthetic_datalist: Path, tmp_path: Path) -> None:
+    """Redrawn episodes: no rater mask of a support or query copy is empty or full."""
+    config = tiny_config(synthetic_datalist, tmp_path)
+    volumes = EpisodicTrainer(config).load_volumes()
+    dataset = EpisodeDataset(volumes, num_raters=3, pseudo_styles=True, seed=1)
+    for step in range(150):
+        episode = dataset[step]
+        for key in ("support_masks", "query_masks"):
+            foreground = episode[key].flatten(1).sum(dim=1)
+            assert (foreground > 0).all(), (step, key)
+            assert (foreground < episode[key][0].numel()).all(), (step, key)
