@@ -111,7 +111,12 @@ def intensity_preprocessing(config: PreprocessingConfig, key: str = "image", dat
 
 
 def training_preprocessing(config: PreprocessingConfig, datalist: MultiRaterDatalist) -> Compose:
-    """Build the cacheable training chain: :func:`case_preprocessing`, body mask, superpixels."""
+    """Build the cacheable training chain: :func:`case_preprocessing`, body mask, superpixels.
+
+    The chain is flat: ``PersistentDataset`` caches the output of the transforms before the
+    first random one, and MONAI counts a nested ``Compose`` as random, so a nested chain would
+    cache nothing.
+    """
     steps: list[MapTransform | Compose] = [case_preprocessing(config, datalist, with_labels=True, dataset_statistics=False)]
     mask_key = None
     if config.body_mask_threshold is not None:
@@ -127,7 +132,7 @@ def training_preprocessing(config: PreprocessingConfig, datalist: MultiRaterData
             output_key="superpixels",
         )
     )
-    return Compose(steps)
+    return Compose(steps).flatten()
 
 
 def preprocessing_key(config: PreprocessingConfig, case: dict[str, Any]) -> str:

@@ -99,3 +99,26 @@ def test_inference_with_crop_and_spacing_keeps_query_grid(trained_checkpoint: Pa
     assert torch.allclose(probabilities.affine, image.affine)
     assert probabilities[:, :2].abs().sum() == 0
     assert probabilities[:, :, :2].abs().sum() == 0
+
+
+def test_training_cache_holds_superpixels(synthetic_datalist: Path, tmp_path: Path) -> None:
+    """The second pass reads preprocessed volumes (with superpixels) from the disk cache."""
+    from monai.transforms import Randomizable
+
+    from japc.pipeline.preprocessing import cached_training_dataset, training_preprocessing
+
+    datalist = load_datalist(synthetic_datalist)
+    config = PreprocessingConfig(spatial_size=[32, 32], superpixel_min_size=20)
+    chain = training_preprocessing(config, datalist)
+    assert not any(isinstance(t, Randomizable) for t in chain.transforms)
+    cases = datalist.cases("test")
+    first = cached_training_dataset(config, datalist, cases, tmp_path / "cache")
+    volumes = [first[i] for i in range(len(first))]
+    cached = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(cached) == len(cases)
+    stored = torch.load(cached[0], weights_only=True)
+    assert "superpixels" in stored
+    assert stored["superpixels"].shape[1:3] == (32, 32)
+    again = cached_training_dataset(config, datalist, cases, tmp_path / "cache")
+    for index, volume in enumerate(volumes):
+        assert torch.equal(again[index]["superpixels"], volume["superpixels"])
