@@ -1,17 +1,20 @@
 """Preprocessing cache: the first pass computes superpixels, the second reads MONAI's cache.
 
-Target: the second pass over the same data is at least 10x faster than the first. Uses the
+Target: the second pass over the same data is at least 10x faster than the first. Each pass
+runs in a fresh process, as a second training run on the same data would. Uses the
 LIDC-IDRI datalist when given, otherwise synthetic volumes. Prints one JSON line.
 
-    python benchmarks/superpixels.py [--datalist data/lidc/datalist.json] [--cache /tmp/japc-cache]
+    python benchmarks/superpixels.py [--datalist data/lidc/datalist.json] [--size 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -42,6 +45,21 @@ def synthetic_datalist(folder: Path, cases: int = 12, shape: tuple[int, int, int
     )
 
 
+def preprocess_pass(datalist_path: Path, split: str, size: int, cache: Path) -> tuple[float, int, int]:
+    """Preprocess every case of ``split`` through the cache; return seconds, volumes and slices.
+
+    The volumes stay in memory until the pass ends, as training keeps them.
+    """
+    datalist = load_datalist(datalist_path)
+    cases = datalist.cases(split)
+    config = PreprocessingConfig(spatial_size=[size, size], intensity={"mode": "zscore"})
+    dataset = cached_training_dataset(config, datalist, cases, cache)
+    started = time.perf_counter()
+    volumes = [dataset[i] for i in range(len(dataset))]
+    seconds = time.perf_counter() - started
+    return seconds, len(volumes), sum(int(volume["image"].shape[-1]) for volume in volumes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datalist", type=Path, default=None, help="datalist to preprocess (default: synthetic)")
@@ -52,21 +70,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="japc-superpixels-"))
     try:
         datalist_path = args.datalist or synthetic_datalist(work)
-        datalist = load_datalist(datalist_path)
-        cases = datalist.cases(args.split)
-        config = PreprocessingConfig(spatial_size=[args.size, args.size], intensity={"mode": "zscore"})
         timings = []
         for _ in range(2):
-            dataset = cached_training_dataset(config, datalist, cases, work / "cache")
-            started = time.perf_counter()
-            volumes = [dataset[i] for i in range(len(dataset))]
-            timings.append(time.perf_counter() - started)
-        slices = sum(int(v["image"].shape[-1]) for v in volumes)
+            # Each pass runs in a fresh process, as two training runs would.
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                seconds, volumes, slices = pool.submit(preprocess_pass, datalist_path, args.split, args.size, work / "cache").result()
+            timings.append(seconds)
         emit(
             {
                 "benchmark": "superpixels",
                 "data": str(datalist_path) if args.datalist else "synthetic 12 x 256x256x40",
-                "volumes": len(cases),
+                "volumes": volumes,
                 "slices": slices,
                 "first_pass_seconds": round(timings[0], 2),
                 "second_pass_seconds": round(timings[1], 3),

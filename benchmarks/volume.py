@@ -3,7 +3,8 @@
 Segments a 512 x 512 x 300 volume for 3 raters with a small encoder on the CPU, in slice batches.
 Target: peak memory under 3 GiB. The achieved GFLOP/s (encoder FLOPs counted with
 ``torch.utils.flop_counter``) is compared with the dense float32 matrix-multiply GFLOP/s measured
-in the same run. Prints one JSON line.
+in the same run, and one encoder batch is timed in the contiguous and the channels-last memory
+format to show whether channels-last pays on this machine. Prints one JSON line.
 
     python benchmarks/volume.py [--shape 512 512 300] [--size 256] [--batch-size 16]
 """
@@ -11,12 +12,13 @@ in the same run. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import benchmark_config, build_model, emit, machine, peak_rss_mib, synthetic_volume
+from _common import benchmark_config, build_model, emit, machine, median_seconds, peak_rss_mib, synthetic_volume
 from raters import support_for
 
 from japc.pipeline.inference import segment_query
@@ -32,6 +34,16 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
         torch.mm(left, right)
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def encoder_batch_seconds(model: torch.nn.Module, size: int, batch_size: int, channels_last: bool) -> float:
+    """Median time of one encoder batch ``[B, 1, size, size]`` in the given memory format."""
+    images = torch.randn(batch_size, 1, size, size)
+    if channels_last:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return median_seconds(lambda: model.encode(images), repeats=5)
 
 
 def main() -> None:
@@ -58,6 +70,8 @@ def main() -> None:
     slices = args.shape[2]
     achieved = flops_per_slice * slices / seconds / 1e9
     reference = matmul_gflops()
+    contiguous = encoder_batch_seconds(model, args.size, args.batch_size, channels_last=False)
+    channels_last = encoder_batch_seconds(model, args.size, args.batch_size, channels_last=True)
     emit(
         {
             "benchmark": "volume",
@@ -75,6 +89,8 @@ def main() -> None:
             "achieved_gflops": round(achieved, 2),
             "matmul_gflops": round(reference, 2),
             "achieved_over_matmul": round(achieved / reference, 3),
+            "encoder_batch_seconds_contiguous": round(contiguous, 4),
+            "encoder_batch_seconds_channels_last": round(channels_last, 4),
             **machine(),
         }
     )

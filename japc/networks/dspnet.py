@@ -134,6 +134,10 @@ class DSPNetHead(PrototypeHead):
         self.channel_weights = nn.Parameter(channel_band_matrix(channels, 0.3, 0.8, 0.3))
         band = channel_band_matrix(channels, 1.0, 1.0, 1.0)
         self.register_buffer("band", band, persistent=False)
+        # The last query-guided refinement with the tensors it was computed from. Every rater and
+        # the JAPC consensus pool from the same support and query features, and the refinement
+        # does not depend on the mask, so it is computed once per (support, query) pair.
+        self._last_refinement: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def window(self) -> int:
@@ -166,6 +170,15 @@ class DSPNetHead(PrototypeHead):
         attended = torch.einsum("spq,cq->scp", torch.softmax(similarity, dim=-1), query)
         return (support + attended).reshape(num_support, channels, height, width)
 
+    def _query_refined_once(self, support_features: torch.Tensor, query_features: torch.Tensor) -> torch.Tensor:
+        """Return :meth:`query_refined`, reused while the same two tensor objects come back."""
+        last = self._last_refinement
+        if last is not None and last[0] is support_features and last[1] is query_features:
+            return last[2]
+        refined = self.query_refined(support_features, query_features)
+        self._last_refinement = (support_features, query_features, refined)
+        return refined
+
     def cluster_centres(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Soft k-means centres ``[K, C]`` of the foreground features (no gradient); K may be 0."""
         with torch.no_grad():
@@ -190,7 +203,7 @@ class DSPNetHead(PrototypeHead):
         self, support_features: torch.Tensor, mask: torch.Tensor, query_features: torch.Tensor | None
     ) -> torch.Tensor:
         """Global foreground prototype ``[1, C]`` from query-refined and cluster-fused features."""
-        refined = support_features if query_features is None else self.query_refined(support_features, query_features)
+        refined = support_features if query_features is None else self._query_refined_once(support_features, query_features)
         centres = self.cluster_centres(support_features, mask)
         if centres.shape[0] == 0:
             centres = masked_average_prototype(refined, mask)

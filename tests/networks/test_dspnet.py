@@ -115,3 +115,29 @@ def test_logit_shape_for_each_calibration(mode: str) -> None:
     support, masks, query = _episode()
     with torch.no_grad():
         assert _segmenter(mode)(support, masks, query).shape == (2, 3, 2, 32, 32)
+
+
+def test_query_refinement_computed_once_per_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    head = DSPNetHead(channels=8)
+    support = torch.randn(1, 8, 6, 6)
+    query = torch.randn(1, 8, 6, 6)
+    masks = [torch.zeros(1, 1, 6, 6) for _ in range(3)]
+    for r, mask in enumerate(masks):
+        mask[..., 1 : 4 + r, 1 : 4 + r] = 1.0
+    expected = [
+        torch.cat([head.local_prototypes(support, m), head.global_prototype(support, m, query)]) for m in masks
+    ]
+    head._last_refinement = None
+
+    calls = []
+    original = head.query_refined
+    monkeypatch.setattr(head, "query_refined", lambda s, q: calls.append(1) or original(s, q))
+    reused = [head.prototypes(support, m, True, query) for m in masks]
+    assert len(calls) == 1
+    for got, want in zip(reused, expected):
+        torch.testing.assert_close(got, want)
+
+    other_query = torch.randn(1, 8, 6, 6)
+    head.prototypes(support, masks[0], True, other_query)
+    assert len(calls) == 2
