@@ -171,7 +171,7 @@ class DSPNetHead(PrototypeHead):
         return (support + attended).reshape(num_support, channels, height, width)
 
     def _query_refined_once(self, support_features: torch.Tensor, query_features: torch.Tensor) -> torch.Tensor:
-        """Return :meth:`query_refined`, reused while the same two tensor objects come back."""
+        """Compute :meth:`query_refined`, or reuse the last result for the same two tensor objects."""
         last = self._last_refinement
         if last is not None and last[0] is support_features and last[1] is query_features:
             return last[2]
