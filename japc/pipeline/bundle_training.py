@@ -10,6 +10,7 @@ loss is :func:`~japc.pipeline.training.training_step`, and checkpoints have japc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,8 @@ __all__ = [
     "JapcCheckpoint",
     "AtomicCheckpointSaver",
     "JapcErrorHandler",
+    "LatestCheckpoint",
+    "ResumeState",
     "loss_terms",
 ]
 
@@ -71,13 +74,25 @@ class TrainingStageSetup:
         config: run configuration (:func:`~japc.pipeline.bundle_config.bundle_run_config`).
         stage: 1 or 2.
         stage1_checkpoint: checkpoint written by stage 1 (stage 2 only).
+        resume_checkpoint: a stage checkpoint written by :class:`LatestCheckpoint` to continue
+            from, or None to start the stage afresh.
 
     Attributes:
-        stage: the stage's :class:`Stage` (step range, raters, calibration).
+        stage: the stage's :class:`Stage` (step range, raters, calibration). When resuming,
+            ``start`` is the next step to draw.
         network: the segmenter to train.
+        resume_state: the checkpoint being resumed (optimiser, scheduler and random state for
+            :class:`ResumeState`), or None.
+        completed_iterations: optimiser steps of this process already done in the stage.
     """
 
-    def __init__(self, config: RunConfig, stage: int, stage1_checkpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        stage: int,
+        stage1_checkpoint: str | None = None,
+        resume_checkpoint: str | None = None,
+    ) -> None:
         self.config = config
         self.stage = training_stage(config, stage)
         if stage == 2 and stage1_checkpoint is None:
@@ -90,6 +105,46 @@ class TrainingStageSetup:
         if not self.stage.calibration:
             for parameter in self.network.calibration.parameters():
                 parameter.requires_grad_(False)
+        self.resume_state: dict[str, Any] | None = None
+        self.completed_iterations = 0
+        if resume_checkpoint is not None:
+            self._resume(Path(resume_checkpoint))
+
+    def _resume(self, path: Path) -> None:
+        """Load the weights of ``path`` and move the stage's start to its next step."""
+        if not path.is_file():
+            raise ConfigError(
+                f"Cannot resume: no checkpoint at {path}. Run the stage without --resume True, "
+                "or give the --bundle_root of the interrupted run."
+            )
+        state = read_checkpoint(path)
+        if int(state["stage"]) != self.stage.index:
+            raise ConfigError(
+                f"Cannot resume stage {self.stage.index} from {path}, which is a stage-{state['stage']} checkpoint."
+            )
+        done = int(state["step"]) - self.stage.start
+        processes = world_size()
+        if done < 0 or done % processes != 0:
+            raise ConfigError(
+                f"Cannot resume from {path}: its step {state['step']} does not continue stage {self.stage.index} "
+                f"(first step {self.stage.start}) with {processes} process(es). Resume with the number of "
+                "processes of the interrupted run."
+            )
+        self.network.load_state_dict(state["model"])
+        self.resume_state = state
+        self.completed_iterations = done // processes
+        self.stage = dataclasses.replace(self.stage, start=int(state["step"]))
+        logger.info("Resuming stage %d from %s at step %d", self.stage.index, path, self.stage.start)
+
+    def remaining_iterations(self, iterations: int) -> int:
+        """Optimiser steps of this process still to do out of the stage's ``iterations``."""
+        remaining = int(iterations) - self.completed_iterations
+        if remaining <= 0 and self.resume_state is not None:
+            raise ConfigError(
+                f"Stage {self.stage.index} already completed its {iterations} iterations in the resumed "
+                f"checkpoint (step {self.stage.start}); there is nothing to resume. Its weights are final."
+            )
+        return max(0, remaining)
 
     def dataset(self) -> EpisodeDataset:
         """Preprocess the training volumes (through japc's cache) and wrap them as the stage's episodes.
@@ -301,6 +356,68 @@ class JapcCheckpoint:
             "torch_rng": torch.get_rng_state(),
             "format_version": CHECKPOINT_FORMAT_VERSION,
         }
+
+
+class LatestCheckpoint:
+    """Save the training state every ``interval`` iterations to one file, for ``--resume True``.
+
+    The file is written through :func:`save_checkpoint` (temporary file, then rename), so a
+    process killed while saving leaves the previous checkpoint. Only rank 0 saves.
+
+    Args:
+        checkpoint: the run's :class:`JapcCheckpoint`.
+        path: checkpoint file, replaced at every save.
+        interval: iterations between saves; 0 disables saving.
+    """
+
+    def __init__(self, checkpoint: JapcCheckpoint, path: str | Path, interval: int) -> None:
+        if int(interval) < 0:
+            raise ConfigError(f"The checkpoint interval must be 0 or more iterations, got {interval}.")
+        self.checkpoint = checkpoint
+        self.path = Path(path)
+        self.interval = int(interval)
+
+    def attach(self, engine: Engine) -> None:
+        """Register the save for every ``interval``-th completed iteration (on rank 0)."""
+        if self.interval > 0 and rank() == 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
+
+    def save(self, engine: Engine) -> None:
+        """Write the current state to :attr:`path`."""
+        save_checkpoint(self.checkpoint.state_dict(), self.path)
+
+
+class ResumeState:
+    """Restore the optimiser, the scheduler and torch's random state of a resumed stage.
+
+    Attach it to the trainer after the optimiser and the scheduler exist. The scheduler is
+    restored before the optimiser because a new ``StepLR`` resets the optimiser's learning rate
+    when it is built. Without a resumed checkpoint it does nothing.
+
+    Args:
+        setup: the stage's :class:`TrainingStageSetup`.
+        optimizer: the stage's optimiser.
+        lr_scheduler: the stage's learning-rate scheduler.
+    """
+
+    def __init__(
+        self,
+        setup: TrainingStageSetup,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> None:
+        self.setup = setup
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+
+    def attach(self, engine: Engine) -> None:
+        """Load the saved states now, before the first iteration."""
+        state = self.setup.resume_state
+        if state is None:
+            return
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
 
 
 class _AtomicDiskSaver(BaseSaveHandler):
