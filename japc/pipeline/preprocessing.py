@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from monai.data import PersistentDataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, NormalizeIntensityd, Orientationd, Resized, Spacingd
 
@@ -41,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bumped whenever a preprocessing step changes its output, so that stale caches are not reused.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
 
 
 def spatial_transforms(config: PreprocessingConfig, image_key: str = "image", label_key: str | None = "label") -> Compose:
@@ -118,6 +120,10 @@ def training_preprocessing(config: PreprocessingConfig, datalist: MultiRaterData
     cache nothing.
     """
     steps: list[MapTransform | Compose] = [case_preprocessing(config, datalist, with_labels=True, dataset_statistics=False)]
+    # Rater label maps hold small integers, so storing them as uint8 (int32 when a declared value
+    # exceeds 255) instead of float32 shrinks the cache and the training volumes in memory.
+    label_dtype = torch.uint8 if max(datalist.label_values) <= 255 else torch.int32
+    steps.append(EnsureTyped(keys="label", dtype=label_dtype))
     mask_key = None
     if config.body_mask_threshold is not None:
         steps.append(BodyMaskd(keys="image", threshold=config.body_mask_threshold, output_key="body_mask"))

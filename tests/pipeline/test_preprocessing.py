@@ -122,3 +122,21 @@ def test_training_cache_holds_superpixels(synthetic_datalist: Path, tmp_path: Pa
     again = cached_training_dataset(config, datalist, cases, tmp_path / "cache")
     for index, volume in enumerate(volumes):
         assert torch.equal(again[index]["superpixels"], volume["superpixels"])
+
+
+def test_training_cache_stores_labels_as_uint8(synthetic_datalist: Path, tmp_path: Path) -> None:
+    """Cached rater labels are uint8 and equal the float32 label maps of the evaluation chain."""
+    from japc.pipeline.preprocessing import case_preprocessing, cached_training_dataset
+
+    datalist = load_datalist(synthetic_datalist)
+    config = PreprocessingConfig(spatial_size=[32, 32], superpixel_min_size=20)
+    cases = datalist.cases("test")
+    dataset = cached_training_dataset(config, datalist, cases, tmp_path / "cache")
+    label = dataset[0]["label"]
+    stored = torch.load(sorted((tmp_path / "cache").glob("*.pt"))[0], weights_only=True)
+    assert stored["label"].dtype == torch.uint8
+    reference = case_preprocessing(config, datalist, with_labels=True, dataset_statistics=False)(dict(cases[0]))
+    assert label.dtype == torch.uint8
+    assert label.shape == reference["label"].shape
+    assert label.sum() > 0
+    assert torch.equal(label.float(), torch.as_tensor(reference["label"]).float())
