@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from japc.errors import DatalistError
 from japc.pipeline.datalist import MultiRaterDatalist, check_case, load_datalist
+from tests.dicom import write_ct_slice
 from tests.reliability.common import assert_one_error_line, files_under, run_japc
 
 ROWS, COLUMNS = 6, 5
@@ -30,30 +30,18 @@ def _write_series(
     series_uid = series_uid or generate_uid()
     study, frame = generate_uid(), generate_uid()
     for k in slice_indices:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        dataset = Dataset()
-        dataset.file_meta = meta
-        dataset.SOPClassUID = CTImageStorage
-        dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.FrameOfReferenceUID = study, series_uid, frame
-        dataset.Modality = "CT"
-        dataset.PatientID = "synthetic"
-        dataset.InstanceNumber = k + 1
-        if with_positions:
-            dataset.ImagePositionPatient = [0.0, 0.0, SLICE_STEP_MM * k]
-            dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        dataset.PixelSpacing = [0.7, 0.7]
-        dataset.SliceThickness = SLICE_STEP_MM
-        dataset.Rows, dataset.Columns = ROWS, COLUMNS
-        dataset.SamplesPerPixel = 1
-        dataset.PhotometricInterpretation = "MONOCHROME2"
-        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
-        dataset.PixelRepresentation = 0
-        dataset.PixelData = (np.arange(ROWS * COLUMNS, dtype=np.uint16) + 10 * k).tobytes()
-        dataset.save_as(folder / f"{prefix}-{k:03d}.dcm", enforce_file_format=True)
+        write_ct_slice(
+            folder / f"{prefix}-{k:03d}.dcm",
+            (np.arange(ROWS * COLUMNS, dtype=np.uint16) + 10 * k).reshape(ROWS, COLUMNS),
+            series_uid=series_uid,
+            study_uid=study,
+            frame_uid=frame,
+            patient_id="synthetic",
+            instance_number=k + 1,
+            position_mm=SLICE_STEP_MM * k if with_positions else None,
+            pixel_spacing=[0.7, 0.7],
+            slice_thickness_mm=SLICE_STEP_MM,
+        )
     return series_uid
 
 

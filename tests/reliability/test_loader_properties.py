@@ -17,11 +17,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from japc.errors import JapcError
 from japc.pipeline.datalist import MultiRaterDatalist, check_case, load_datalist
+from tests.dicom import write_ct_slice
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -121,29 +120,15 @@ def test_label_data_types(dtype: str, values: list[float], scale: float | None) 
 
 
 def _write_dicom_slice(path: Path, series_uid: str, number: int, position: float | None, rows: int, columns: int) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.SeriesInstanceUID = series_uid
-    dataset.StudyInstanceUID = "1.2.3.4"
-    dataset.Modality = "CT"
-    dataset.InstanceNumber = number
-    if position is not None:
-        dataset.ImagePositionPatient = [0.0, 0.0, position]
-        dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    dataset.PixelSpacing = [0.8, 0.8]
-    dataset.Rows, dataset.Columns = rows, columns
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = np.full((rows, columns), number, np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
+    write_ct_slice(
+        path,
+        np.full((rows, columns), number, np.uint16),
+        series_uid=series_uid,
+        study_uid="1.2.3.4",
+        instance_number=number,
+        position_mm=position,
+        pixel_spacing=[0.8, 0.8],
+    )
 
 
 @PROPERTY_SETTINGS

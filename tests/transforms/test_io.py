@@ -10,12 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from japc.errors import DatalistError
 from japc.pipeline.datalist import check_case, load_datalist
 from japc.transforms.io import LoadMultiRaterCased
+from tests.dicom import write_ct_slice
 
 ROWS, COLUMNS = 4, 5
 PIXEL_SPACING = (0.5, 0.75)  # DICOM order: row spacing, column spacing, in mm
@@ -42,29 +42,18 @@ def _write_dicom_series(folder: Path, slices: int = 3) -> None:
     folder.mkdir(parents=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     for k in range(slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        dataset = Dataset()
-        dataset.file_meta = meta
-        dataset.SOPClassUID = CTImageStorage
-        dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.FrameOfReferenceUID = study, series, frame
-        dataset.Modality = "CT"
-        dataset.PatientID = "synthetic"
-        dataset.InstanceNumber = k + 1
-        dataset.ImagePositionPatient = [0.0, 0.0, SLICE_STEP_MM * k]
-        dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        dataset.PixelSpacing = list(PIXEL_SPACING)
-        dataset.SliceThickness = SLICE_STEP_MM
-        dataset.Rows, dataset.Columns = ROWS, COLUMNS
-        dataset.SamplesPerPixel = 1
-        dataset.PhotometricInterpretation = "MONOCHROME2"
-        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
-        dataset.PixelRepresentation = 0
-        dataset.PixelData = _slice_pixels(k).tobytes()
-        dataset.save_as(folder / f"slice-{slices - 1 - k}.dcm", enforce_file_format=True)
+        write_ct_slice(
+            folder / f"slice-{slices - 1 - k}.dcm",
+            _slice_pixels(k),
+            series_uid=series,
+            study_uid=study,
+            frame_uid=frame,
+            patient_id="synthetic",
+            instance_number=k + 1,
+            position_mm=SLICE_STEP_MM * k,
+            pixel_spacing=PIXEL_SPACING,
+            slice_thickness_mm=SLICE_STEP_MM,
+        )
 
 
 def test_png_case_becomes_single_slice(tmp_path):
