@@ -72,7 +72,6 @@ def main() -> None:
         datalist_path = args.datalist or synthetic_datalist(work)
         timings = []
         for _ in range(2):
-            # Each pass runs in a fresh process, as two training runs would.
             with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 seconds, volumes, slices = pool.submit(preprocess_pass, datalist_path, args.split, args.size, work / "cache").result()
             timings.append(seconds)

@@ -137,6 +137,7 @@ class DSPNetHead(PrototypeHead):
         # The last query-guided refinement with the tensors it was computed from. Every rater and
         # the JAPC consensus pool from the same support and query features, and the refinement
         # does not depend on the mask, so it is computed once per (support, query) pair.
+        # NOTE: reuse is keyed on tensor identity, so features changed in place would get a stale result.
         self._last_refinement: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property

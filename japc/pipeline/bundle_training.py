@@ -390,9 +390,9 @@ class LatestCheckpoint:
 class ResumeState:
     """Restore the optimiser, the scheduler and torch's random state of a resumed stage.
 
-    Attach it to the trainer after the optimiser and the scheduler exist. The scheduler is
-    restored before the optimiser because a new ``StepLR`` resets the optimiser's learning rate
-    when it is built. Without a resumed checkpoint it does nothing.
+    Attach it to the trainer after the optimiser and the scheduler are built, because building a
+    ``StepLR`` resets the optimiser's learning rate and would undo a state loaded before it.
+    Without a resumed checkpoint it does nothing.
 
     Args:
         setup: the stage's :class:`TrainingStageSetup`.

@@ -112,8 +112,10 @@ def test_resume_after_kill_equals_uninterrupted(synthetic_datalist: Path, tmp_pa
     assert resumed["scheduler"] == reference["scheduler"]
     momentum = [state["momentum_buffer"] for state in resumed["optimizer"]["state"].values()]
     expected = [state["momentum_buffer"] for state in reference["optimizer"]["state"].values()]
-    assert len(momentum) == len(expected) > 0
-    assert all(torch.equal(a, b) for a, b in zip(momentum, expected))
+    assert len(expected) > 0
+    assert len(momentum) == len(expected)
+    for index, (got, want) in enumerate(zip(momentum, expected)):
+        assert torch.equal(got, want), f"momentum buffer {index}"
 
 
 def test_resume_without_checkpoint_names_path(synthetic_datalist: Path, tmp_path: Path) -> None:
